@@ -1,0 +1,133 @@
+"""The I/O-free core both clients share: build requests, decode responses, map gRPC errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from . import _codec
+from ._errors import InferenceError
+from ._proto import grpc_service_pb2 as pb
+
+DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+
+
+class _UseClientDefault:
+    """Marks a per-call setting left to the client's default (None means "no deadline")."""
+
+    def __repr__(self) -> str:
+        return "USE_CLIENT_DEFAULT"
+
+
+USE_CLIENT_DEFAULT: Final = _UseClientDefault()
+Timeout = float | None | _UseClientDefault
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 marks a variable dimension (the batch dimension included)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorMetadata, ...]
+    outputs: tuple[TensorMetadata, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+def channel_options(max_message_bytes: int, extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *extra,
+    ]
+
+
+def resolve_timeout(timeout: Timeout, default: float | None) -> float | None:
+    return default if isinstance(timeout, _UseClientDefault) else timeout
+
+
+def build_infer_request(
+    model: str,
+    inputs: Mapping[str, npt.NDArray[Any]],
+    *,
+    version: str | None = None,
+    outputs: Sequence[str] | None = None,
+    request_id: str = "",
+) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, model_version=version or "", id=request_id)
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        datatype = _codec.datatype_of(array)
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        request.raw_input_contents.append(_codec.to_raw(array, datatype))
+    for name in outputs or ():
+        request.outputs.add(name=name)
+    return request
+
+
+def decode_output(response: pb.ModelInferResponse, index: int) -> npt.NDArray[Any]:
+    tensor = response.outputs[index]
+    if index < len(response.raw_output_contents):
+        array = _codec.from_raw(
+            tensor.datatype, tensor.shape, response.raw_output_contents[index], tensor.name
+        )
+    else:
+        array = _codec.from_contents(tensor.datatype, tensor.shape, tensor.contents, tensor.name)
+    return _codec.bf16_to_float32(array) if tensor.datatype == "BF16" else array
+
+
+def decode_infer_response(response: pb.ModelInferResponse) -> dict[str, npt.NDArray[Any]]:
+    """Outputs by name, as numpy arrays viewing the response's bytes (BF16 widened to float32)."""
+    return {tensor.name: decode_output(response, i) for i, tensor in enumerate(response.outputs)}
+
+
+def _tensor_metadata(
+    tensors: Sequence[pb.ModelMetadataResponse.TensorMetadata],
+) -> tuple[TensorMetadata, ...]:
+    return tuple(TensorMetadata(t.name, t.datatype, tuple(t.shape)) for t in tensors)
+
+
+def model_metadata(response: pb.ModelMetadataResponse) -> ModelMetadata:
+    return ModelMetadata(
+        name=response.name,
+        versions=tuple(response.versions),
+        platform=response.platform,
+        inputs=_tensor_metadata(response.inputs),
+        outputs=_tensor_metadata(response.outputs),
+    )
+
+
+def server_metadata(response: pb.ServerMetadataResponse) -> ServerMetadata:
+    return ServerMetadata(response.name, response.version, tuple(response.extensions))
+
+
+@contextlib.contextmanager
+def mapped_errors(request_id: str = "") -> Iterator[None]:
+    """Turn gRPC and codec failures into InferenceError, keeping the original as the cause."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code, details = grpc.StatusCode.UNKNOWN, None
+        if isinstance(exc, grpc.aio.AioRpcError | grpc.Call):
+            code, details = exc.code(), exc.details()
+        raise InferenceError(code, details or str(exc), request_id=request_id) from exc
+    except _codec.CodecError as exc:
+        raise InferenceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), request_id=request_id) from exc

@@ -1,0 +1,124 @@
+"""The asyncio client: I/O only, the twin of sync.Client over the shared pure core in _calls."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy.typing as npt
+
+from . import _calls
+from ._calls import USE_CLIENT_DEFAULT, ModelMetadata, ServerMetadata, Timeout
+from ._proto import grpc_service_pb2 as pb
+from ._proto import grpc_service_pb2_grpc as pb_grpc
+from ._proto import model_config_pb2 as config_pb
+
+
+class AsyncClient:
+    """An asyncio client for one torchwire (or any Open Inference Protocol v2) server.
+
+    Create it inside the running event loop (grpc.aio channels bind to the loop they start in).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = None,
+        max_message_bytes: int = _calls.DEFAULT_MAX_MESSAGE_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        opts = _calls.channel_options(max_message_bytes, options)
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, opts)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, opts)
+        )
+        # The generated Stub class serves both channel kinds; its AsyncStub type describes aio's calls.
+        self._stub: pb_grpc.GRPCInferenceServiceAsyncStub = pb_grpc.GRPCInferenceServiceStub(  # type: ignore[assignment]
+            self._channel
+        )
+        self._timeout = timeout
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    def _deadline(self, timeout: Timeout) -> float | None:
+        return _calls.resolve_timeout(timeout, self._timeout)
+
+    async def predict(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        *,
+        version: str | None = None,
+        outputs: Sequence[str] | None = None,
+        request_id: str = "",
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run `model` on named numpy inputs; returns its outputs (all, or those named) by name."""
+        with _calls.mapped_errors(request_id):
+            request = _calls.build_infer_request(
+                model, inputs, version=version, outputs=outputs, request_id=request_id
+            )
+            response = await self._stub.ModelInfer(request, timeout=self._deadline(timeout))
+            return _calls.decode_infer_response(response)
+
+    async def live(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> bool:
+        with _calls.mapped_errors():
+            response = await self._stub.ServerLive(pb.ServerLiveRequest(), timeout=self._deadline(timeout))
+            return response.live
+
+    async def ready(
+        self, model: str | None = None, *, version: str | None = None, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> bool:
+        """Whether the server (no model named) or one model version is ready for inference."""
+        with _calls.mapped_errors():
+            if model is None:
+                server = await self._stub.ServerReady(
+                    pb.ServerReadyRequest(), timeout=self._deadline(timeout)
+                )
+                return server.ready
+            request = pb.ModelReadyRequest(name=model, version=version or "")
+            return (await self._stub.ModelReady(request, timeout=self._deadline(timeout))).ready
+
+    async def server_metadata(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> ServerMetadata:
+        with _calls.mapped_errors():
+            request = pb.ServerMetadataRequest()
+            return _calls.server_metadata(
+                await self._stub.ServerMetadata(request, timeout=self._deadline(timeout))
+            )
+
+    async def metadata(
+        self, model: str, *, version: str | None = None, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> ModelMetadata:
+        with _calls.mapped_errors():
+            request = pb.ModelMetadataRequest(name=model, version=version or "")
+            response = await self._stub.ModelMetadata(request, timeout=self._deadline(timeout))
+            return _calls.model_metadata(response)
+
+    async def config(
+        self, model: str, *, version: str | None = None, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> config_pb.ModelConfig:
+        with _calls.mapped_errors():
+            request = pb.ModelConfigRequest(name=model, version=version or "")
+            return (await self._stub.ModelConfig(request, timeout=self._deadline(timeout))).config
+
+    async def repository_index(
+        self, *, ready_only: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT
+    ) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        with _calls.mapped_errors():
+            request = pb.RepositoryIndexRequest(ready=ready_only)
+            return list((await self._stub.RepositoryIndex(request, timeout=self._deadline(timeout))).models)

@@ -1,0 +1,97 @@
+"""The composition root: builds every part from Settings, then starts and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc.aio
+from grpc_health.v1 import health_pb2_grpc
+from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
+
+from .core import InferenceCore
+from .registry import Registry
+from .rpc import reflection
+from .rpc.health import Health
+from .rpc.inference import InferenceServicer
+from .settings import Settings
+
+log = logging.getLogger("torchwire")
+
+
+def bundled_repository() -> Path:
+    from torchwire.models import REPOSITORY
+
+    return REPOSITORY
+
+
+class App:
+    """One torchwire server. `await start()` returns the bound port; `await stop()` drains and stops."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.repository = settings.model_repository or bundled_repository()
+        self.registry = Registry(self.repository, settings.threads)
+        self.core = InferenceCore(self.registry)
+        self.health = Health()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._loading: asyncio.Task[None] | None = None
+
+    def _build_server(self) -> grpc.aio.Server:
+        size = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        if self.settings.reflection:
+            reflection.enable(server)
+        return server
+
+    async def start(self) -> int:
+        """Listen at once (health says NOT_SERVING), then load the repository in the background."""
+        server = self._build_server()
+        self.port = server.add_insecure_port(self.settings.address)
+        await server.start()
+        self._server = server
+        await self.health.start()
+        log.info("listening on %s:%d (repository %s)", self.settings.host, self.port, self.repository)
+        self._loading = asyncio.get_running_loop().create_task(self._load())
+        return self.port
+
+    async def _load(self) -> None:
+        await self.registry.load_all()
+        for entry in self.registry.entries():
+            for version, (state, reason) in sorted(entry.states.items()) or [
+                (0, (entry.state, entry.reason))
+            ]:
+                log.info(
+                    "model %s version %s: %s%s",
+                    entry.name,
+                    version or "-",
+                    state.value,
+                    f" ({reason})" if reason else "",
+                )
+        ready = self.registry.ready()
+        await self.health.set_ready(ready)
+        log.info("server %s", "ready" if ready else "NOT ready: no model could be loaded")
+
+    async def wait_loaded(self) -> None:
+        if self._loading is not None:
+            await self._loading
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self) -> None:
+        """Health flips to NOT_SERVING, in-flight calls get the grace period, then models unload."""
+        await self.health.drain()
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace)
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        await self.registry.close()
+        log.info("stopped")

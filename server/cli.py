@@ -1,0 +1,70 @@
+"""`torchwire serve`: the only place that reads argv, handles signals and exits the process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import settings as settings_module
+from .app import App
+from .observability import configure_logging
+from .settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchwire", description="Serve TorchScript models over gRPC (KServe v2)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model repository",
+        description="Serve a Triton-layout model repository over the Open Inference Protocol v2 (gRPC). "
+        "Every flag can also be set with the TORCHWIRE_* variable it names; flags win.",
+    )
+    settings_module.add_arguments(serve)
+    return parser
+
+
+async def serve(settings: Settings) -> None:
+    app = App(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second signal: stop waiting for the drain
+            os_exit_now()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
+    await app.stop()
+
+
+def os_exit_now() -> None:
+    sys.stderr.write("second signal: exiting without draining\n")
+    sys.stderr.flush()
+    import os
+
+    os._exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_module.from_sources(args)
+    except ValueError as exc:
+        print(f"torchwire: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Wire <-> model: checks a ModelInferRequest against the model's spec and builds the response.
+
+The request's raw bytes become numpy views (no copy) via the shared client codec; every check names
+the tensor and what was expected, as InvalidRequest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy.typing as npt
+from torchwire.client import _codec
+from torchwire.client._proto import grpc_service_pb2 as pb
+
+from .errors import InvalidRequest, Unsupported
+from .repository import ModelSpec, TensorSpec
+
+Array = npt.NDArray[Any]
+_SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    inputs: list[Array]  # in the config's input order
+    rows: int  # size of the batch dimension (1 for models without one)
+    outputs: tuple[int, ...]  # indices of the requested outputs, in response order
+
+
+def _names(tensors: Sequence[TensorSpec]) -> str:
+    return ", ".join(f"'{t.name}'" for t in tensors)
+
+
+def _check_shape(spec: ModelSpec, t: TensorSpec, shape: tuple[int, ...]) -> int:
+    """The request's row count for this input, after checking its shape against the config."""
+    expected = spec.wire_shape(t)
+    if spec.max_batch_size > 0:
+        if not shape or not t.matches(shape[1:]):
+            raise InvalidRequest(
+                f"input '{t.name}': shape {list(shape)} does not match the config: expected {expected} "
+                f"(first dimension is the batch)"
+            )
+        rows = shape[0]
+        if not 1 <= rows <= spec.max_batch_size:
+            raise InvalidRequest(
+                f"input '{t.name}': batch dimension {rows} must be within 1..{spec.max_batch_size} "
+                f"(the model's max_batch_size)"
+            )
+        return rows
+    if not t.matches(shape):
+        raise InvalidRequest(
+            f"input '{t.name}': shape {list(shape)} does not match the config: expected {expected}"
+        )
+    return 1
+
+
+def _requested_outputs(request: pb.ModelInferRequest, spec: ModelSpec) -> tuple[int, ...]:
+    if not request.outputs:
+        return tuple(range(len(spec.outputs)))
+    indices: list[int] = []
+    for wanted in request.outputs:
+        index = spec.output_index.get(wanted.name)
+        if index is None:
+            raise InvalidRequest(
+                f"requested output '{wanted.name}' is not an output of model '{spec.name}' "
+                f"(outputs: {_names(spec.outputs)})"
+            )
+        indices.append(index)
+    return tuple(indices)
+
+
+def decode_request(request: pb.ModelInferRequest, spec: ModelSpec) -> Decoded:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequest(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            f"each input needs exactly one, in the same order"
+        )
+    arrays: list[Array | None] = [None] * len(spec.inputs)
+    rows: int | None = None
+    for position, tensor in enumerate(request.inputs):
+        index = spec.input_index.get(tensor.name)
+        if index is None:
+            raise InvalidRequest(
+                f"unexpected input '{tensor.name}': model '{spec.name}' takes {_names(spec.inputs)}"
+            )
+        if arrays[index] is not None:
+            raise InvalidRequest(f"input '{tensor.name}' appears more than once")
+        if any(key in tensor.parameters for key in _SHARED_MEMORY_KEYS):
+            raise Unsupported(f"input '{tensor.name}': shared memory inputs are not supported; send raw data")
+        t = spec.inputs[index]
+        if tensor.datatype != t.datatype:
+            raise InvalidRequest(
+                f"input '{t.name}': datatype {tensor.datatype or '(empty)'}, expected {t.datatype}"
+            )
+        shape = tuple(tensor.shape)
+        these_rows = _check_shape(spec, t, shape)
+        if rows is not None and these_rows != rows:
+            raise InvalidRequest(
+                f"input '{t.name}': batch dimension {these_rows} differs from the other inputs' {rows}"
+            )
+        rows = these_rows
+        try:
+            if raw:
+                if tensor.HasField("contents"):
+                    raise InvalidRequest(
+                        f"input '{t.name}': has typed contents while the request uses raw_input_contents; "
+                        f"use one or the other for all inputs"
+                    )
+                arrays[index] = _codec.from_raw(t.datatype, shape, raw[position], t.name)
+            else:
+                arrays[index] = _codec.from_contents(t.datatype, shape, tensor.contents, t.name)
+        except _codec.CodecError as exc:
+            raise InvalidRequest("input " + str(exc).removeprefix("tensor ")) from exc
+    missing = [t for t, a in zip(spec.inputs, arrays, strict=True) if a is None]
+    if missing:
+        raise InvalidRequest(f"missing input(s) {_names(missing)} for model '{spec.name}'")
+    return Decoded([a for a in arrays if a is not None], rows or 1, _requested_outputs(request, spec))
+
+
+def encode_response(
+    request: pb.ModelInferRequest,
+    spec: ModelSpec,
+    version: int,
+    outputs: list[Array],
+    selected: tuple[int, ...],
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=str(version), id=request.id)
+    for index in selected:
+        t = spec.outputs[index]
+        array = outputs[index]
+        response.outputs.add(name=t.name, datatype=t.datatype, shape=array.shape)
+        response.raw_output_contents.append(array.tobytes())
+    return response

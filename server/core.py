@@ -1,0 +1,91 @@
+"""The transport-neutral core: every v2 operation on protobuf messages, with no gRPC in sight.
+
+rpc/ adapts it to gRPC; anything else (a REST or streaming adapter) would adapt the same core.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from torchwire.client._proto import grpc_service_pb2 as pb
+
+from .codec import decode_request, encode_response
+from .errors import ModelNotFound
+from .registry import Registry, State
+
+SERVER_NAME = "torchwire"
+# Triton's extension names for what this server implements (perf_analyzer reads the list).
+EXTENSIONS = ("model_configuration",)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("torchwire")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class InferenceCore:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._server_metadata = pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=_version(), extensions=list(EXTENSIONS)
+        )
+
+    def server_live(self) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    def server_ready(self) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.registry.ready())
+
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return self._server_metadata
+
+    def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        # Like Triton: an unknown model is simply not ready; only a malformed request is an error.
+        try:
+            self.registry.lookup(request.name, request.version)
+        except (ModelNotFound, Exception):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        served = self.registry.lookup(request.name, request.version)
+        spec = served.spec
+        entry_versions = [str(v) for v in sorted(self._entry_versions(request.name))]
+        response = pb.ModelMetadataResponse(
+            name=spec.name, versions=entry_versions, platform=spec.config.platform
+        )
+        for t in spec.inputs:
+            response.inputs.add(name=t.name, datatype=t.datatype, shape=spec.wire_shape(t))
+        for t in spec.outputs:
+            response.outputs.add(name=t.name, datatype=t.datatype, shape=spec.wire_shape(t))
+        return response
+
+    def _entry_versions(self, name: str) -> list[int]:
+        for entry in self.registry.entries():
+            if entry.name == name:
+                return list(entry.served)
+        return []
+
+    def model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        served = self.registry.lookup(request.name, request.version)
+        return pb.ModelConfigResponse(config=served.spec.config)
+
+    def repository_index(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for entry in self.registry.entries():
+            rows = sorted(entry.states.items()) or [(0, (entry.state, entry.reason))]
+            for version, (state, reason) in rows:
+                if request.ready and state is not State.READY:
+                    continue
+                response.models.add(
+                    name=entry.name, version=str(version) if version else "", state=state.value, reason=reason
+                )
+        return response
+
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        served = self.registry.lookup(request.model_name, request.model_version)
+        decoded = decode_request(request, served.spec)
+        outputs = await served.scheduler.submit(decoded.inputs, decoded.rows)
+        return encode_response(request, served.spec, served.version, outputs, decoded.outputs)

@@ -1,0 +1,180 @@
+"""config.pbtxt -> a validated ModelSpec, built once at load time so requests do no config work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from torchwire.client._proto import model_config_pb2 as mc
+
+from ..errors import ConfigError
+
+CONFIG_FILE = "config.pbtxt"
+DEFAULT_MODEL_FILE = "model.pt"
+PLATFORM = "pytorch_libtorch"
+BACKEND = "pytorch"
+
+# Datatypes a TorchScript model can take or return as tensors (STRING has no torch tensor).
+SUPPORTED = {"BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64"}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str  # the v2 wire name, e.g. "FP32"
+    dims: tuple[int, ...]  # without the batch dimension; -1 matches any size
+    reshape: tuple[int, ...] | None  # the shape forward() sees instead of dims, if the config says so
+
+    def matches(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.dims) and all(
+            d in (-1, s) for d, s in zip(self.dims, shape, strict=True)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingPolicy:
+    max_queue_delay_s: float
+    preferred_batch_sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    config: mc.ModelConfig
+    max_batch_size: int  # 0: the model takes no batch dimension
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batching: BatchingPolicy | None  # None: every request runs alone
+    instances: int
+    model_file: str
+    input_index: dict[str, int] = field(init=False)
+    output_index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_index", {t.name: i for i, t in enumerate(self.inputs)})
+        object.__setattr__(self, "output_index", {t.name: i for i, t in enumerate(self.outputs)})
+
+    def wire_shape(self, tensor: TensorSpec) -> list[int]:
+        """The shape metadata reports: dims with -1 in front when the model is batched."""
+        return ([-1] if self.max_batch_size > 0 else []) + list(tensor.dims)
+
+
+def wire_datatype(data_type: int) -> str:
+    name = mc.DataType.Name(data_type).removeprefix("TYPE_")  # type: ignore[arg-type]
+    return "BYTES" if name == "STRING" else name
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    path = model_dir / CONFIG_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (every model needs a {CONFIG_FILE})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from exc
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _tensor(
+    kind: str, index: int, name: str, data_type: int, dims: list[int], reshape: list[int] | None, where: Path
+) -> TensorSpec:
+    label = f"{where}: {kind}[{index}]"
+    if not name:
+        raise ConfigError(f"{label}: field 'name' is empty")
+    datatype = wire_datatype(data_type)
+    if datatype not in SUPPORTED:
+        raise ConfigError(
+            f"{label} '{name}': field 'data_type' {mc.DataType.Name(data_type)} "  # type: ignore[arg-type]
+            f"is not supported for TorchScript (supported: {', '.join(sorted(SUPPORTED))})"
+        )
+    if any(d < -1 or d == 0 for d in dims):
+        raise ConfigError(f"{label} '{name}': field 'dims' {dims} must be positive or -1")
+    return TensorSpec(name, datatype, tuple(dims), tuple(reshape) if reshape is not None else None)
+
+
+def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
+    """Validate a parsed config against what torchwire serves, filling Triton's defaults."""
+    where = model_dir / CONFIG_FILE
+    name = model_dir.name
+    if config.name and config.name != name:
+        raise ConfigError(f"{where}: field 'name' is '{config.name}' but the model folder is '{name}'")
+    if config.platform and config.platform != PLATFORM:
+        raise ConfigError(f"{where}: field 'platform' is '{config.platform}', torchwire serves '{PLATFORM}'")
+    if config.backend and config.backend != BACKEND:
+        raise ConfigError(f"{where}: field 'backend' is '{config.backend}', torchwire serves '{BACKEND}'")
+    if config.max_batch_size < 0:
+        raise ConfigError(f"{where}: field 'max_batch_size' must be >= 0, got {config.max_batch_size}")
+    if not config.input:
+        raise ConfigError(f"{where}: field 'input' is empty (list the tensors forward() takes)")
+    if not config.output:
+        raise ConfigError(f"{where}: field 'output' is empty (list the tensors forward() returns)")
+    inputs = tuple(
+        _tensor(
+            "input",
+            i,
+            t.name,
+            t.data_type,
+            list(t.dims),
+            list(t.reshape.shape) if t.HasField("reshape") else None,
+            where,
+        )
+        for i, t in enumerate(config.input)
+    )
+    outputs = tuple(
+        _tensor("output", i, t.name, t.data_type, list(t.dims), None, where)
+        for i, t in enumerate(config.output)
+    )
+    for kind, tensors in (("input", inputs), ("output", outputs)):
+        seen: set[str] = set()
+        for t in tensors:
+            if t.name in seen:
+                raise ConfigError(f"{where}: {kind} '{t.name}' is listed twice")
+            seen.add(t.name)
+
+    batching = None
+    if config.HasField("dynamic_batching"):
+        if config.max_batch_size == 0:
+            raise ConfigError(f"{where}: field 'dynamic_batching' needs 'max_batch_size' > 0")
+        db = config.dynamic_batching
+        too_big = [p for p in db.preferred_batch_size if not 0 < p <= config.max_batch_size]
+        if too_big:
+            raise ConfigError(
+                f"{where}: field 'dynamic_batching.preferred_batch_size' {too_big} must be within "
+                f"1..max_batch_size ({config.max_batch_size})"
+            )
+        batching = BatchingPolicy(
+            db.max_queue_delay_microseconds / 1e6, tuple(sorted(db.preferred_batch_size))
+        )
+    if config.HasField("sequence_batching") or config.HasField("ensemble_scheduling"):
+        raise ConfigError(f"{where}: sequence_batching and ensemble_scheduling are not supported")
+
+    instances = sum(group.count or 1 for group in config.instance_group) or 1
+    if any(
+        group.kind not in (mc.ModelInstanceGroup.KIND_AUTO, mc.ModelInstanceGroup.KIND_CPU)
+        for group in config.instance_group
+    ):
+        raise ConfigError(f"{where}: field 'instance_group.kind' must be KIND_CPU (no GPU here)")
+
+    served = mc.ModelConfig()
+    served.CopyFrom(config)
+    served.name = name
+    served.platform = PLATFORM
+    served.backend = BACKEND
+    return ModelSpec(
+        name=name,
+        config=served,
+        max_batch_size=config.max_batch_size,
+        inputs=inputs,
+        outputs=outputs,
+        batching=batching,
+        instances=instances,
+        model_file=config.default_model_filename or DEFAULT_MODEL_FILE,
+    )
+
+
+def load_spec(model_dir: Path) -> ModelSpec:
+    return build_spec(model_dir, read_config(model_dir))

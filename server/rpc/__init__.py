@@ -1,0 +1,1 @@
+"""gRPC adapters: the inference servicer, health, reflection and the error boundary."""

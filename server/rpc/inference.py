@@ -1,0 +1,81 @@
+"""inference.GRPCInferenceService: thin adapters from gRPC to the core (decode, call, encode)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import grpc.aio
+from torchwire.client._proto import grpc_service_pb2 as pb
+from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
+
+from ..core import InferenceCore
+from .status import mapped
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _not_yet(method: str) -> Any:
+    async def handler(self: Any, request: Any, context: Context) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by this torchwire server"
+        )
+
+    handler.__name__ = method
+    return handler
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: InferenceCore) -> None:
+        self._core = core
+
+    @mapped
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return self._core.server_live()
+
+    @mapped
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return self._core.server_ready()
+
+    @mapped
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        return self._core.model_ready(request)
+
+    @mapped
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return self._core.server_metadata()
+
+    @mapped
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        return self._core.model_metadata(request)
+
+    @mapped
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
+        return self._core.model_config(request)
+
+    @mapped
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        return self._core.repository_index(request)
+
+    @mapped
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        return await self._core.infer(request)
+
+    ModelStreamInfer = _not_yet("ModelStreamInfer")
+    ModelStatistics = _not_yet("ModelStatistics")
+    RepositoryModelLoad = _not_yet("RepositoryModelLoad")
+    RepositoryModelUnload = _not_yet("RepositoryModelUnload")
+    SystemSharedMemoryStatus = _not_yet("SystemSharedMemoryStatus")
+    SystemSharedMemoryRegister = _not_yet("SystemSharedMemoryRegister")
+    SystemSharedMemoryUnregister = _not_yet("SystemSharedMemoryUnregister")
+    CudaSharedMemoryStatus = _not_yet("CudaSharedMemoryStatus")
+    CudaSharedMemoryRegister = _not_yet("CudaSharedMemoryRegister")
+    CudaSharedMemoryUnregister = _not_yet("CudaSharedMemoryUnregister")
+    TraceSetting = _not_yet("TraceSetting")
+    LogSettings = _not_yet("LogSettings")

@@ -1,0 +1,146 @@
+"""One frozen settings object. Each option is declared once, here; CLI flags and TORCHWIRE_* variables
+are generated from the fields, and nothing else in the server reads the environment.
+
+Precedence: a CLI flag beats its TORCHWIRE_* variable, which beats the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ENV_PREFIX = "TORCHWIRE_"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity, which container limits narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _opt(default: Any, help: str, *, factory: Any = None) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    model_repository: Path | None = _opt(
+        None, "model repository folder (Triton layout); default: the bundled example models"
+    )
+    host: str = _opt("0.0.0.0", "address to listen on")
+    port: int = _opt(8001, "gRPC port (0 picks a free one)")
+    torch_threads: int = _opt(
+        0, "torch intra-op threads per model instance (0: the cores this process may use)"
+    )
+    reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl)")
+    max_message_bytes: int = _opt(64 * 1024 * 1024, "largest gRPC message received or sent, in bytes")
+    shutdown_grace: float = _opt(10.0, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    log_level: LogLevel = _opt("INFO", "log level")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads must be >= 0, got {self.torch_threads}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.shutdown_grace < 0:
+            raise ValueError(f"shutdown_grace must be >= 0, got {self.shutdown_grace}")
+        if self.model_repository is not None and not self.model_repository.is_dir():
+            raise ValueError(f"model_repository {self.model_repository} is not a folder")
+
+    @property
+    def threads(self) -> int:
+        return self.torch_threads or default_threads()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> Any:
+    """The concrete type behind `X | None`."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _converter(annotation: Any) -> Any:
+    base = _base_type(annotation)
+    if base is bool:
+        return _parse_bool
+    if typing.get_origin(base) is Literal:
+        return str
+    return base
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field, each documenting its TORCHWIRE_* variable and default."""
+    hints = typing.get_type_hints(Settings)
+    for f in dataclasses.fields(Settings):
+        annotation = hints[f.name]
+        base = _base_type(annotation)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = f"{f.metadata['help']} [env {_env_name(f.name)}; default {default}]"
+        if base is bool:
+            parser.add_argument(
+                _flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+            continue
+        choices = typing.get_args(base) if typing.get_origin(base) is Literal else None
+        parser.add_argument(
+            _flag(f.name), dest=f.name, type=_converter(annotation), choices=choices, default=None, help=text
+        )
+
+
+def from_sources(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from parsed flags and the environment; unset ones keep their defaults."""
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            values[f.name] = flag_value
+        elif _env_name(f.name) in env:
+            raw = env[_env_name(f.name)]
+            try:
+                values[f.name] = _converter(hints[f.name])(raw)
+            except ValueError as exc:
+                raise ValueError(f"{_env_name(f.name)}={raw!r}: {exc}") from exc
+    return Settings(**values)
+
+
+def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="torchwire serve")
+    add_arguments(parser)
+    return from_sources(parser.parse_args(list(argv)), env)

@@ -1,0 +1,60 @@
+"""Start real torchwire servers on 127.0.0.1 for tests: in a thread with its own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torchwire.server import App, Settings
+
+START_TIMEOUT_S = 120.0  # a busy 2-core CI machine loading torch models can be slow
+
+
+class RunningServer:
+    def __init__(self, app: App, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.loop = loop
+
+    @property
+    def port(self) -> int:
+        return self.app.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.app.port}"
+
+    def call(self, coroutine: Any, timeout: float = START_TIMEOUT_S) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+
+@contextmanager
+def running_server(
+    repository: Path | None = None, *, wait_loaded: bool = True, **overrides: Any
+) -> Iterator[RunningServer]:
+    """A started server on an ephemeral port; always stopped on exit, even when the test fails."""
+    settings = Settings(
+        model_repository=repository, host="127.0.0.1", port=0, shutdown_grace=5.0, **overrides
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="torchwire-test-server", daemon=True)
+    thread.start()
+    app = App(settings)
+    server = RunningServer(app, loop)
+    try:
+        server.call(app.start())
+        if wait_loaded:
+            server.call(app.wait_loaded())
+        yield server
+    finally:
+        with contextlib.suppress(concurrent.futures.TimeoutError):  # the test's own failure says more
+            server.call(app.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
