@@ -12,6 +12,11 @@ script lives in (or ``--out DIR``):
 Nothing is downloaded: the digits data ships inside scikit-learn.
 
 Usage: ``python models/build.py [--out DIR]``
+
+Reruns give byte-identical files (same torch version and CPU): weights are seeded and computed on
+one thread, the script re-executes itself under PYTHONHASHSEED=0, and source-path debug records
+are dropped from model.pt. Run it as a script: TorchScript names classes after their Python module,
+so importing this file under another module name changes the generated code.
 """
 
 import argparse
