@@ -1,0 +1,76 @@
+"""`torchwire serve` as a real process: flags, TORCHWIRE_* variables, logs, and a clean SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from torchwire.client import Client
+from torchwire.server import settings as settings_module
+from torchwire.server.settings import Settings
+
+TORCHWIRE = Path(sys.executable).parent / "torchwire"
+
+
+def test_help_documents_every_setting_and_its_variable() -> None:
+    result = subprocess.run([str(TORCHWIRE), "serve", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for field in Settings.__dataclass_fields__:
+        assert "--" + field.replace("_", "-") in text, field
+        assert "TORCHWIRE_" + field.upper() in text, field
+
+
+def test_flags_beat_variables_beat_defaults(tmp_path: Path) -> None:
+    env = {"TORCHWIRE_PORT": "9100", "TORCHWIRE_REFLECTION": "false", "TORCHWIRE_TORCH_THREADS": "3"}
+    settings = settings_module.parse(["--port", "9200"], env)
+    assert settings.port == 9200 and settings.reflection is False and settings.torch_threads == 3
+    assert settings.threads == 3
+    assert settings_module.parse([], {}).port == 8001
+    assert settings_module.parse(["--model-repository", str(tmp_path)], {}).model_repository == tmp_path
+    with pytest.raises(ValueError, match="TORCHWIRE_PORT"):
+        settings_module.parse([], {"TORCHWIRE_PORT": "eighty"})
+    with pytest.raises(ValueError, match="port"):
+        settings_module.parse(["--port", "70000"], {})
+
+
+def _wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float) -> re.Match[str]:
+    """Read the server's log until a line matches; fail with what it said if it never does."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+def test_serve_logs_address_and_models_then_stops_on_sigterm() -> None:
+    env = {**os.environ, "TORCHWIRE_HOST": "127.0.0.1", "TORCHWIRE_PORT": "0", "TORCHWIRE_TORCH_THREADS": "1"}
+    process = subprocess.Popen(
+        [str(TORCHWIRE), "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        port = int(_wait_for_line(process, r"listening on 127\.0\.0\.1:(\d+)", 120).group(1))
+        _wait_for_line(process, r"model digits version 1: READY", 120)
+        _wait_for_line(process, r"server ready", 120)
+        with Client(f"127.0.0.1:{port}", timeout=30) as client:
+            assert client.ready("digits") is True
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
