@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc.aio
 from grpc_health.v1 import health_pb2_grpc
+
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from .core import InferenceCore

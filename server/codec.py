@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy.typing as npt
+
 from torchwire.client import _codec
 from torchwire.client._proto import grpc_service_pb2 as pb
 

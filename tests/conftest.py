@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from serving import RunningServer, running_server  # noqa: E402
+from serving import RunningServer, running_server
 
 
 @pytest.fixture(scope="module")

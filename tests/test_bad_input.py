@@ -49,7 +49,12 @@ def _extra_input(r: pb.ModelInferRequest) -> None:
 
 
 CASES: list[tuple[str, Build, grpc.StatusCode, list[str]]] = [
-    ("unknown model", _with(lambda r: setattr(r, "model_name", "nope")), grpc.StatusCode.NOT_FOUND, ["'nope'"]),
+    (
+        "unknown model",
+        _with(lambda r: setattr(r, "model_name", "nope")),
+        grpc.StatusCode.NOT_FOUND,
+        ["'nope'"],
+    ),
     (
         "unknown version",
         _with(lambda r: setattr(r, "model_version", "7")),
@@ -155,7 +160,9 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         repo,
         "doubler",
         DoubleUnlessNegative(),
-        single_io_config("doubler", "FP32", [2], 16, "dynamic_batching { max_queue_delay_microseconds: 200000 }"),
+        single_io_config(
+            "doubler", "FP32", [2], 16, "dynamic_batching { max_queue_delay_microseconds: 200000 }"
+        ),
     )
     two_outputs = (
         'name: "short"\nmax_batch_size: 4\n'
@@ -181,7 +188,10 @@ def test_model_error_is_internal_with_models_message(faulty: RunningServer) -> N
             _infer(stub, "doubler", [-1.0, 1.0])
         assert caught.value.code() is grpc.StatusCode.INTERNAL
         assert "negative values are not allowed" in caught.value.details()
-        assert np.frombuffer(_infer(stub, "doubler", [1.0, 2.0]).raw_output_contents[0], "<f4").tolist() == [2, 4]
+        assert np.frombuffer(_infer(stub, "doubler", [1.0, 2.0]).raw_output_contents[0], "<f4").tolist() == [
+            2,
+            4,
+        ]
         with pytest.raises(grpc.RpcError) as caught:
             _infer(stub, "short", [1.0, 2.0])
         assert caught.value.code() is grpc.StatusCode.INTERNAL

@@ -130,7 +130,9 @@ def _sample(datatype: str) -> np.ndarray:
         return rng.integers(info.min, info.max, (2, 4), dtype=dtype, endpoint=True)
     if datatype == "BF16":  # values exactly representable in bfloat16
         return (rng.integers(-64, 64, (2, 4)) / 8).astype(np.float32)
-    return rng.standard_normal((2, 4)).astype({"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}[datatype])
+    return rng.standard_normal((2, 4)).astype(
+        {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}[datatype]
+    )
 
 
 @pytest.mark.parametrize("datatype", DATATYPES)

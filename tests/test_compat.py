@@ -70,9 +70,7 @@ def test_client_without_torch_in_this_env(bundled: RunningServer) -> None:
 
 
 @pytest.mark.parametrize("major", sorted(PROTOBUF_MAJORS))
-def test_client_under_protobuf_major(
-    bundled: RunningServer, wheel: Path, tmp_path: Path, major: str
-) -> None:
+def test_client_under_protobuf_major(bundled: RunningServer, wheel: Path, tmp_path: Path, major: str) -> None:
     env_dir = tmp_path / f"pb{major}"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
+
 from torchwire.client._proto import model_config_pb2 as mc
 
 from ..errors import ConfigError

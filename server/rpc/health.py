@@ -9,6 +9,7 @@ Service names (documented in the README):
 from __future__ import annotations
 
 from grpc_health.v1 import health, health_pb2
+
 from torchwire.client._proto import grpc_service_pb2 as pb
 
 LIVENESS = "liveness"

@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 

@@ -6,6 +6,7 @@ import grpc.aio
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+
 from torchwire.client._proto import grpc_service_pb2, model_config_pb2
 
 from .health import INFERENCE_SERVICE
