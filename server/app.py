@@ -16,7 +16,7 @@ from .registry import Registry
 from .rpc import reflection
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
-from .settings import Settings
+from .settings import Settings, default_threads
 
 log = logging.getLogger("torchwire")
 
@@ -33,7 +33,7 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repository = settings.model_repository or bundled_repository()
-        self.registry = Registry(self.repository, settings.threads)
+        self.registry = Registry(self.repository, settings.torch_threads, default_threads())
         self.core = InferenceCore(self.registry)
         self.health = Health()
         self.port = 0

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from . import settings as settings_module
 from .app import App
+from .bench import cli as bench_cli
 from .observability import configure_logging
 from .settings import Settings
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Every flag can also be set with the TORCHWIRE_* variable it names; flags win.",
     )
     settings_module.add_arguments(serve)
+    bench_cli.register(commands)
     return parser
 
 
@@ -56,6 +58,8 @@ def os_exit_now() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return int(args.run(args))
     try:
         settings = settings_module.from_sources(args)
     except ValueError as exc:

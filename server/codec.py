@@ -27,6 +27,31 @@ class Decoded:
     inputs: list[Array]  # in the config's input order
     rows: int  # size of the batch dimension (1 for models without one)
     outputs: tuple[int, ...]  # indices of the requested outputs, in response order
+    priority: int = 0  # 0: the model's default level
+    timeout_s: float | None = None  # Triton's `timeout` parameter, queueing time allowed
+
+
+def _integer_parameter(request: pb.ModelInferRequest, key: str) -> int | None:
+    if key not in request.parameters:
+        return None
+    param = request.parameters[key]
+    kind = param.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidRequest(
+            f"parameter '{key}' must be an int64_param or uint64_param, got {kind or 'nothing'}"
+        )
+    value: int = getattr(param, kind)
+    if value < 0:
+        raise InvalidRequest(f"parameter '{key}' must be >= 0, got {value}")
+    return value
+
+
+def _scheduling(request: pb.ModelInferRequest) -> tuple[int, float | None]:
+    sequence = request.parameters.get("sequence_id")
+    if sequence is not None and (sequence.int64_param or sequence.uint64_param or sequence.string_param):
+        raise Unsupported("parameter 'sequence_id': sequence batching is not supported")
+    timeout_us = _integer_parameter(request, "timeout")
+    return _integer_parameter(request, "priority") or 0, (timeout_us / 1e6 if timeout_us else None)
 
 
 def _names(tensors: Sequence[TensorSpec]) -> str:
@@ -117,7 +142,14 @@ def decode_request(request: pb.ModelInferRequest, spec: ModelSpec) -> Decoded:
     missing = [t for t, a in zip(spec.inputs, arrays, strict=True) if a is None]
     if missing:
         raise InvalidRequest(f"missing input(s) {_names(missing)} for model '{spec.name}'")
-    return Decoded([a for a in arrays if a is not None], rows or 1, _requested_outputs(request, spec))
+    priority, timeout_s = _scheduling(request) if request.parameters else (0, None)
+    return Decoded(
+        [a for a in arrays if a is not None],
+        rows or 1,
+        _requested_outputs(request, spec),
+        priority,
+        timeout_s,
+    )
 
 
 def encode_response(

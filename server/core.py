@@ -5,17 +5,19 @@ rpc/ adapts it to gRPC; anything else (a REST or streaming adapter) would adapt 
 
 from __future__ import annotations
 
+import time
 from importlib import metadata
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
 from .codec import decode_request, encode_response
-from .errors import ModelNotFound
+from .errors import TorchwireError
+from .observability.statistics import Duration, ModelStatistics
 from .registry import Registry, State
 
 SERVER_NAME = "torchwire"
 # Triton's extension names for what this server implements (perf_analyzer reads the list).
-EXTENSIONS = ("model_configuration",)
+EXTENSIONS = ("model_configuration", "schedule_policy", "statistics")
 
 
 def _version() -> str:
@@ -45,14 +47,14 @@ class InferenceCore:
         # Like Triton: an unknown model is simply not ready; only a malformed request is an error.
         try:
             self.registry.lookup(request.name, request.version)
-        except (ModelNotFound, Exception):
+        except TorchwireError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         served = self.registry.lookup(request.name, request.version)
         spec = served.spec
-        entry_versions = [str(v) for v in sorted(self._entry_versions(request.name))]
+        entry_versions = [str(v) for v in sorted(self.registry.entry(request.name).served)]
         response = pb.ModelMetadataResponse(
             name=spec.name, versions=entry_versions, platform=spec.config.platform
         )
@@ -61,12 +63,6 @@ class InferenceCore:
         for t in spec.outputs:
             response.outputs.add(name=t.name, datatype=t.datatype, shape=spec.wire_shape(t))
         return response
-
-    def _entry_versions(self, name: str) -> list[int]:
-        for entry in self.registry.entries():
-            if entry.name == name:
-                return list(entry.served)
-        return []
 
     def model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         served = self.registry.lookup(request.name, request.version)
@@ -86,6 +82,51 @@ class InferenceCore:
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         served = self.registry.lookup(request.model_name, request.model_version)
-        decoded = decode_request(request, served.spec)
-        outputs = await served.scheduler.submit(decoded.inputs, decoded.rows)
-        return encode_response(request, served.spec, served.version, outputs, decoded.outputs)
+        start = time.monotonic_ns()
+        ok = False
+        try:
+            decoded = decode_request(request, served.spec)
+            outputs = await served.scheduler.submit(
+                decoded.inputs, decoded.rows, priority=decoded.priority, timeout_s=decoded.timeout_s
+            )
+            response = encode_response(request, served.spec, served.version, outputs, decoded.outputs)
+            ok = True
+            return response
+        finally:
+            served.stats.record_request(ok, time.monotonic_ns() - start)
+
+    def model_statistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+        """Triton's statistics: every served version, or those of one model (and one version)."""
+        if request.name:
+            entries = [self.registry.entry(request.name)]
+            if request.version:
+                self.registry.lookup(request.name, request.version)
+        else:
+            entries = self.registry.entries()
+        response = pb.ModelStatisticsResponse()
+        for entry in entries:
+            for version, served in sorted(entry.served.items()):
+                if request.version and str(version) != request.version:
+                    continue
+                statistics_message(
+                    response.model_stats.add(name=entry.name, version=str(version)), served.stats
+                )
+        return response
+
+
+def _duration(message: pb.StatisticDuration, duration: Duration) -> None:
+    message.count, message.ns = duration.count, duration.ns
+
+
+def statistics_message(message: pb.ModelStatistics, stats: ModelStatistics) -> None:
+    message.last_inference = stats.last_inference_ms
+    message.inference_count = stats.inference_count
+    message.execution_count = stats.execution_count
+    inference = message.inference_stats
+    for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        _duration(getattr(inference, name), getattr(stats, name))
+    for size, batch in sorted(stats.batches.items()):
+        entry = message.batch_stats.add(batch_size=size)
+        _duration(entry.compute_input, batch.compute_input)
+        _duration(entry.compute_infer, batch.compute_infer)
+        _duration(entry.compute_output, batch.compute_output)

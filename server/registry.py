@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .batching import Scheduler
 from .errors import ConfigError, ModelNotFound, ModelUnavailable
+from .observability.statistics import ModelStatistics
 from .repository import ModelSpec, load_spec, scan
 from .runtime import TorchScriptModel, load_model
 
@@ -30,6 +31,7 @@ class ServedVersion:
     spec: ModelSpec
     model: TorchScriptModel
     scheduler: Scheduler
+    stats: ModelStatistics
 
 
 @dataclass(eq=False)
@@ -46,20 +48,25 @@ class ModelEntry:
 
 
 class Registry:
-    def __init__(self, root: Path, threads: int) -> None:
+    def __init__(self, root: Path, threads: int, cores: int) -> None:
         self.root = root
-        self._threads = threads
+        self._threads = threads  # 0: share the cores among each model's instances
+        self._cores = cores
         self._models: dict[str, ModelEntry] = {}
         self.loaded = False  # the first scan of the repository has finished
 
     def entries(self) -> list[ModelEntry]:
         return list(self._models.values())
 
-    def lookup(self, name: str, version: str = "") -> ServedVersion:
-        """The served version a request names ("" means the highest), or ModelNotFound/ModelUnavailable."""
+    def entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
             raise ModelNotFound(f"model '{name}' is not in the repository")
+        return entry
+
+    def lookup(self, name: str, version: str = "") -> ServedVersion:
+        """The served version a request names ("" means the highest), or ModelNotFound/ModelUnavailable."""
+        entry = self.entry(name)
         if version:
             if not version.isdigit() or int(version) not in entry.versions:
                 found = ", ".join(map(str, entry.versions)) or "none"
@@ -98,22 +105,36 @@ class Registry:
             version = max(entry.versions)  # versions before the highest are not served yet
             path = model_dir / str(version) / spec.model_file
             entry.states[version] = (State.LOADING, "")
-            model = await asyncio.to_thread(load_model, path, spec, self._threads)
+            threads = spec.intra_op_threads or self._threads or max(1, self._cores // spec.instances)
+            model = await asyncio.to_thread(load_model, path, spec, threads)
         except ConfigError as exc:
             entry.state, entry.reason = State.UNAVAILABLE, str(exc)
             for v in entry.versions:
                 entry.states[v] = (State.UNAVAILABLE, str(exc))
             log.error("model %s unavailable: %s", entry.name, exc)
             return
+        stats = ModelStatistics()
         scheduler = Scheduler(
-            model.run, max_batch_size=spec.max_batch_size, policy=spec.batching, instances=spec.instances
+            model.run,
+            name=entry.name,
+            max_batch_size=spec.max_batch_size,
+            policy=spec.batching,
+            instances=spec.instances,
+            stats=stats,
         )
-        entry.served[version] = ServedVersion(entry.name, version, spec, model, scheduler)
+        entry.served[version] = ServedVersion(entry.name, version, spec, model, scheduler, stats)
         entry.states[version] = (State.READY, "")
         entry.state, entry.reason = State.READY, ""
         for v in entry.versions:
             entry.states.setdefault(v, (State.UNAVAILABLE, f"not served: version {version} is the highest"))
-        log.info("model %s version %d ready (%s)", entry.name, version, path)
+        log.info(
+            "model %s version %d ready (%s; %d instance(s) x %d thread(s))",
+            entry.name,
+            version,
+            path,
+            spec.instances,
+            threads,
+        )
 
     async def close(self) -> None:
         for entry in self._models.values():

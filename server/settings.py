@@ -42,7 +42,9 @@ class Settings:
     host: str = _opt("0.0.0.0", "address to listen on")
     port: int = _opt(8001, "gRPC port (0 picks a free one)")
     torch_threads: int = _opt(
-        0, "torch intra-op threads per model instance (0: the cores this process may use)"
+        0,
+        "torch intra-op threads per model instance (0: the cores this process may use, shared "
+        "among a model's instances; a model's INTRA_OP_THREAD_COUNT parameter overrides)",
     )
     reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl)")
     max_message_bytes: int = _opt(64 * 1024 * 1024, "largest gRPC message received or sent, in bytes")
@@ -60,10 +62,6 @@ class Settings:
             raise ValueError(f"shutdown_grace must be >= 0, got {self.shutdown_grace}")
         if self.model_repository is not None and not self.model_repository.is_dir():
             raise ValueError(f"model_repository {self.model_repository} is not a folder")
-
-    @property
-    def threads(self) -> int:
-        return self.torch_threads or default_threads()
 
     @property
     def address(self) -> str:

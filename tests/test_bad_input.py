@@ -148,9 +148,9 @@ def test_typed_contents_are_accepted(stub: pb_grpc.GRPCInferenceServiceStub) -> 
 
 def test_unimplemented_rpcs_say_so(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        stub.ModelStatistics(pb.ModelStatisticsRequest(name="simple"), timeout=30)
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"), timeout=30)
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "ModelStatistics" in caught.value.details()
+    assert "RepositoryModelLoad" in caught.value.details()
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ def test_flags_beat_variables_beat_defaults(tmp_path: Path) -> None:
     env = {"TORCHWIRE_PORT": "9100", "TORCHWIRE_REFLECTION": "false", "TORCHWIRE_TORCH_THREADS": "3"}
     settings = settings_module.parse(["--port", "9200"], env)
     assert settings.port == 9200 and settings.reflection is False and settings.torch_threads == 3
-    assert settings.threads == 3
     assert settings_module.parse([], {}).port == 8001
     assert settings_module.parse(["--model-repository", str(tmp_path)], {}).model_repository == tmp_path
     with pytest.raises(ValueError, match="TORCHWIRE_PORT"):

@@ -1,15 +1,20 @@
 """One scheduler per served model version: queues requests, forms batches, runs them on instances.
 
 Batch forming rule (dynamic_batching):
-- A batch is formed only when an instance is free, so while every instance computes, requests pile
-  up and the next batch takes them all at once: under load batches grow without any waiting.
-- A batch holds requests whose non-batch shapes agree, up to max_batch_size rows, in arrival order.
+- A batch is formed only when an instance is free. While every instance computes, requests pile up,
+  and the next batch takes them all at once: under load, batches grow without any waiting.
+- A batch holds requests whose non-batch shapes agree, up to max_batch_size rows. Higher priority
+  levels go first, and within a level requests go in arrival order.
 - With an instance free and the batch short of max_batch_size (or of the largest preferred size it
-  can reach), the scheduler waits for batch-mates at most max_queue_delay, counted from the oldest
-  request's arrival, and only while waiting has been paying off: a moving average of the rows each
-  recent wait added. When waits stop adding rows (a lone caller, a trickle), requests go at once,
-  so batching never makes a lone caller slower; every 16th formation waits anyway to notice load.
-Without dynamic_batching every request runs alone, still on an instance thread.
+  has reached), the scheduler waits for batch-mates. It waits at most max_queue_delay, counted from
+  the oldest request's arrival, and only while waiting has been paying off, measured as a moving
+  average of the rows each recent wait added. When waits stop adding rows (a lone caller, a trickle),
+  requests go at once, so batching never makes a lone caller slower. Every 16th formation waits
+  anyway, to notice when load returns.
+Without dynamic_batching, every request runs alone, still on an instance thread.
+
+Queue policy (Triton's): a full level answers QueueFull at once. A request whose timeout passes
+while queued is answered DeadlineExpired and never computed. A cancelled caller leaves the queue.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ModelExecutionError, TorchwireError
-from ..repository import BatchingPolicy
+from ..errors import DeadlineExpired, InvalidRequest, ModelExecutionError, QueueFull
+from ..observability.statistics import ModelStatistics
+from ..repository import BatchingPolicy, QueuePolicy
 
 Array = npt.NDArray[Any]
 Runner = Callable[[Sequence[Array]], Awaitable[list[Array]]]
 
 _PROBE_EVERY = 16
 _PAYOFF_DECAY = 0.8
+_UNBOUNDED = QueuePolicy()
 
 
 @dataclass(slots=True, eq=False)
@@ -41,43 +48,97 @@ class _Pending:
     rows: int
     key: tuple[tuple[int, ...], ...]  # non-batch shapes: only equal keys share a batch
     future: asyncio.Future[list[Array]]
-    arrived: float = field(default_factory=time.monotonic)
+    arrived_ns: int
+    expiry: asyncio.TimerHandle | None = None
+    dispatched_ns: int = field(default=0)
 
 
 class Scheduler:
     def __init__(
-        self, run: Runner, *, max_batch_size: int, policy: BatchingPolicy | None, instances: int
+        self,
+        run: Runner,
+        *,
+        name: str,
+        max_batch_size: int,
+        policy: BatchingPolicy | None,
+        instances: int,
+        stats: ModelStatistics,
     ) -> None:
         self._run = run
+        self._name = name
         self._max_rows = max_batch_size
         self._policy = policy
         self._instances = instances
-        self._queue: collections.deque[_Pending] = collections.deque()
+        self.stats = stats
+        levels = policy.priority_levels if policy is not None else 1
+        self._levels: list[collections.deque[_Pending]] = [collections.deque() for _ in range(levels)]
         self._payoff = 1.0  # optimistic until measured
         self._formations = 0
         # asyncio objects are made lazily inside the running loop (constructors stay loop-free).
         self._wakeup: asyncio.Event | None = None
         self._free: asyncio.Semaphore | None = None
+        self._idle: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Requests waiting for a batch (cancelled or expired ones not counted)."""
+        return sum(1 for level in self._levels for p in level if not p.future.done())
 
-    async def submit(self, inputs: Sequence[Array], rows: int) -> list[Array]:
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def _queue_policy(self, priority: int) -> QueuePolicy:
+        return self._policy.queue(priority) if self._policy is not None else _UNBOUNDED
+
+    def _level(self, priority: int) -> int:
+        """The queue level for a request's `priority` (0: the model's default)."""
+        if self._policy is None:
+            return 1
+        level = priority or self._policy.default_priority
+        if not 1 <= level <= self._policy.priority_levels:
+            raise InvalidRequest(
+                f"parameter 'priority' {priority} is outside 1..{self._policy.priority_levels} "
+                f"(model '{self._name}' has {self._policy.priority_levels} priority levels)"
+            )
+        return level
+
+    async def submit(
+        self, inputs: Sequence[Array], rows: int, *, priority: int = 0, timeout_s: float | None = None
+    ) -> list[Array]:
         """Queue one request (inputs in config order, `rows` in its batch dimension); await its outputs."""
         if self._dispatcher is None:
             self._start()
         assert self._wakeup is not None
+        level = self._level(priority)
+        queue_policy = self._queue_policy(level)
+        queue = self._levels[level - 1]
+        if queue_policy.max_queue_size and len(queue) >= queue_policy.max_queue_size:
+            self._compact(queue)
+            if len(queue) >= queue_policy.max_queue_size:
+                raise QueueFull(
+                    f"model '{self._name}' queue is full: {queue_policy.max_queue_size} requests waiting "
+                    f"(dynamic_batching max_queue_size, priority level {level})"
+                )
+        loop = asyncio.get_running_loop()
         key = tuple(a.shape[1:] for a in inputs) if self._policy is not None else ()
-        pending = _Pending(inputs, rows, key, asyncio.get_running_loop().create_future())
-        self._queue.append(pending)
+        pending = _Pending(inputs, rows, key, loop.create_future(), time.monotonic_ns())
+        timeout = _effective_timeout(queue_policy, timeout_s)
+        if timeout is not None:
+            pending.expiry = loop.call_later(timeout, _expire, pending, self._name, timeout)
+        queue.append(pending)
         self._wakeup.set()
-        return await pending.future
+        try:
+            return await pending.future
+        finally:
+            if pending.expiry is not None:
+                pending.expiry.cancel()
 
     def _start(self) -> None:
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
         self._free = asyncio.Semaphore(self._instances)
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_forever())
 
@@ -90,48 +151,62 @@ class Scheduler:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    def _drop_abandoned(self) -> None:
-        # A cancelled caller's future is done; its request leaves the queue without running.
-        self._queue = collections.deque(p for p in self._queue if not p.future.done())
+    @staticmethod
+    def _compact(queue: collections.deque[_Pending]) -> None:
+        # Cancelled and expired requests leave the queue here, without ever running.
+        if any(p.future.done() for p in queue):
+            kept = [p for p in queue if not p.future.done()]
+            queue.clear()
+            queue.extend(kept)
 
-    async def _wait_for_work(self) -> None:
-        assert self._wakeup is not None
+    def _head(self) -> _Pending | None:
+        for queue in self._levels:
+            while queue and queue[0].future.done():
+                queue.popleft()
+            if queue:
+                return queue[0]
+        return None
+
+    async def _wait_for_work(self) -> _Pending:
+        assert self._wakeup is not None and self._idle is not None
         while True:
-            self._drop_abandoned()
-            if self._queue:
-                return
+            head = self._head()
+            if head is not None:
+                return head
+            for queue in self._levels:
+                self._compact(queue)
+            if not self._running:
+                self._idle.set()
             self._wakeup.clear()
             await self._wakeup.wait()
 
     async def _next_batch(self) -> list[_Pending]:
-        await self._wait_for_work()
+        head = await self._wait_for_work()
         if self._policy is None:
-            return [self._queue.popleft()]
+            self._levels[0].popleft()
+            return [head]
         self._formations += 1
         probing = self._formations % _PROBE_EVERY == 0
-        waited_from = self._compatible_rows()
-        deadline = self._queue[0].arrived + self._policy.max_queue_delay_s
+        start_rows = rows = self._compatible_rows(head)
+        deadline_ns = head.arrived_ns + int(self._policy.max_queue_delay_s * 1e9)
         waited = False
-        while True:
-            rows = self._compatible_rows()
-            if rows >= self._target(rows) or (self._payoff < 0.5 and not probing):
-                break
-            remaining = deadline - time.monotonic()
+        while rows < self._target(rows) and (self._payoff >= 0.5 or probing):
+            remaining = (deadline_ns - time.monotonic_ns()) / 1e9
             if remaining <= 0:
                 break
             waited = True
             await self._wait_for_arrival(remaining)
-            await self._wait_for_work()
+            head = await self._wait_for_work()
+            rows = self._compatible_rows(head)
         if waited:
-            gained = self._compatible_rows() - waited_from
-            self._payoff = _PAYOFF_DECAY * self._payoff + (1 - _PAYOFF_DECAY) * min(gained, 1)
-        return self._take_batch()
+            gained = min(rows - start_rows, 1)
+            self._payoff = _PAYOFF_DECAY * self._payoff + (1 - _PAYOFF_DECAY) * max(gained, 0)
+        return self._take_batch(head)
 
     def _target(self, rows: int) -> int:
-        """The row count worth dispatching at: max_batch_size, or the largest preferred size reached."""
+        """The row count worth dispatching at: max_batch_size, or a preferred size just reached."""
         assert self._policy is not None
-        reached = [p for p in self._policy.preferred_batch_sizes if p <= rows]
-        return reached[-1] if reached and reached[-1] == rows else self._max_rows
+        return rows if rows in self._policy.preferred_batch_sizes else self._max_rows
 
     async def _wait_for_arrival(self, timeout: float) -> None:
         assert self._wakeup is not None
@@ -139,73 +214,105 @@ class Scheduler:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    def _compatible_rows(self) -> int:
-        head = self._queue[0]
-        rows = 0
-        for p in self._queue:
-            if p.key == head.key and not p.future.done():
-                if rows + p.rows > self._max_rows:
-                    break
-                rows += p.rows
-        return rows
-
-    def _take_batch(self) -> list[_Pending]:
-        head = self._queue[0]
+    def _compatible(self, head: _Pending) -> list[_Pending]:
         batch: list[_Pending] = []
-        rest: collections.deque[_Pending] = collections.deque()
         rows = 0
-        for p in self._queue:
-            if p.future.done():
-                continue
-            if p.key == head.key and rows + p.rows <= self._max_rows:
+        for queue in self._levels:
+            for p in queue:
+                if p.key != head.key or p.future.done():
+                    continue
+                if rows + p.rows > self._max_rows:
+                    return batch
                 batch.append(p)
                 rows += p.rows
-            else:
-                rest.append(p)
-        self._queue = rest
+        return batch
+
+    def _compatible_rows(self, head: _Pending) -> int:
+        return sum(p.rows for p in self._compatible(head))
+
+    def _take_batch(self, head: _Pending) -> list[_Pending]:
+        batch = self._compatible(head)
+        taken = set(map(id, batch))
+        for queue in self._levels:
+            if any(id(p) in taken for p in queue):
+                kept = [p for p in queue if id(p) not in taken and not p.future.done()]
+                queue.clear()
+                queue.extend(kept)
         return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
         assert self._free is not None
         try:
             live = [p for p in batch if not p.future.done()]
-            if not live:
-                return
-            try:
-                outputs = await self._run(_concat(live))
-            except ModelExecutionError:
-                if len(live) == 1:
-                    raise
-                # One request may have poisoned the batch: rerun each alone so only it fails.
-                for p in live:
-                    await self._settle_alone(p)
-                return
-            _deliver(live, outputs)
-        except TorchwireError as exc:
-            _fail(batch, exc)
-        except Exception as exc:
-            _fail(batch, exc)
-            raise
+            if live:
+                await self._compute(live)
         finally:
             self._free.release()
 
-    async def _settle_alone(self, pending: _Pending) -> None:
+    async def _compute(self, live: list[_Pending]) -> None:
+        start = time.monotonic_ns()
+        for p in live:
+            if p.expiry is not None:
+                p.expiry.cancel()  # it runs now: its timeout no longer applies
+            p.dispatched_ns = start
+            self.stats.queue.add(start - p.arrived_ns)
+        inputs = _concat(live)
+        ran = time.monotonic_ns()
         try:
-            outputs = await self._run(pending.inputs)
-        except Exception as exc:
-            _fail([pending], exc)
-        else:
-            _deliver([pending], outputs)
+            outputs = await self._run(inputs)
+        except ModelExecutionError as exc:
+            if len(live) == 1:
+                _fail(live, exc)
+                return
+            # One request may have poisoned the batch: rerun each alone so only it fails.
+            for p in live:
+                await self._compute([p])
+            return
+        except Exception as exc:  # unexpected: the rpc boundary logs it once per request
+            _fail(live, exc)
+            return
+        done = time.monotonic_ns()
+        _deliver(live, outputs)
+        rows = sum(p.rows for p in live)
+        self.stats.record_batch(rows, len(live), ran - start, done - ran, time.monotonic_ns() - done)
 
     async def close(self) -> None:
-        """Finish what is queued and running, then stop the dispatcher."""
-        while self._queue or self._running:
+        """Answer everything queued and running, then stop the dispatcher."""
+        if self._dispatcher is None:
+            return
+        assert self._idle is not None and self._wakeup is not None
+        while self._head() is not None or self._running:
+            self._idle.clear()
+            self._wakeup.set()
             if self._running:
-                await asyncio.gather(*self._running, return_exceptions=True)
+                await asyncio.gather(*list(self._running), return_exceptions=True)
             else:
-                await asyncio.sleep(0)
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
+                await self._idle.wait()
+        self._dispatcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._dispatcher
+
+
+def _effective_timeout(policy: QueuePolicy, requested: float | None) -> float | None:
+    """Triton's rule: a request may shorten the default timeout only where the policy allows it."""
+    if not policy.reject_on_timeout:
+        return None
+    if requested is None:
+        return policy.default_timeout_s
+    if policy.default_timeout_s is None:
+        return requested
+    return (
+        min(requested, policy.default_timeout_s)
+        if policy.allow_timeout_override
+        else policy.default_timeout_s
+    )
+
+
+def _expire(pending: _Pending, model: str, timeout: float) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(
+            DeadlineExpired(f"model '{model}': request timed out after {timeout * 1e6:.0f} µs in the queue")
+        )
 
 
 def _concat(batch: list[_Pending]) -> Sequence[Array]:
@@ -215,10 +322,14 @@ def _concat(batch: list[_Pending]) -> Sequence[Array]:
 
 
 def _deliver(batch: list[_Pending], outputs: list[Array]) -> None:
+    if len(batch) == 1:
+        if not batch[0].future.done():
+            batch[0].future.set_result(outputs)
+        return
     start = 0
     for p in batch:
         if not p.future.done():
-            p.future.set_result(outputs if len(batch) == 1 else [o[start : start + p.rows] for o in outputs])
+            p.future.set_result([o[start : start + p.rows] for o in outputs])
         start += p.rows
 
 

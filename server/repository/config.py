@@ -34,9 +34,34 @@ class TensorSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """Triton's ModelQueuePolicy for one priority level."""
+
+    max_queue_size: int = 0  # 0: unbounded
+    default_timeout_s: float | None = None
+    allow_timeout_override: bool = False
+    reject_on_timeout: bool = True  # timeout_action REJECT; DELAY keeps the request queued
+
+    @classmethod
+    def from_config(cls, policy: mc.ModelQueuePolicy) -> QueuePolicy:
+        return cls(
+            max_queue_size=policy.max_queue_size,
+            default_timeout_s=(policy.default_timeout_microseconds / 1e6) or None,
+            allow_timeout_override=policy.allow_timeout_override,
+            reject_on_timeout=policy.timeout_action != mc.ModelQueuePolicy.DELAY,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class BatchingPolicy:
     max_queue_delay_s: float
     preferred_batch_sizes: tuple[int, ...]
+    priority_levels: int = 1  # levels 1..N, 1 served first
+    default_priority: int = 1
+    queues: tuple[QueuePolicy, ...] = (QueuePolicy(),)  # one per level, index level - 1
+
+    def queue(self, priority: int) -> QueuePolicy:
+        return self.queues[priority - 1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +73,7 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     batching: BatchingPolicy | None  # None: every request runs alone
     instances: int
+    intra_op_threads: int  # 0: decided by the server's settings
     model_file: str
     input_index: dict[str, int] = field(init=False)
     output_index: dict[str, int] = field(init=False)
@@ -147,9 +173,7 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
                 f"{where}: field 'dynamic_batching.preferred_batch_size' {too_big} must be within "
                 f"1..max_batch_size ({config.max_batch_size})"
             )
-        batching = BatchingPolicy(
-            db.max_queue_delay_microseconds / 1e6, tuple(sorted(db.preferred_batch_size))
-        )
+        batching = _batching_policy(db, where)
     if config.HasField("sequence_batching") or config.HasField("ensemble_scheduling"):
         raise ConfigError(f"{where}: sequence_batching and ensemble_scheduling are not supported")
 
@@ -159,6 +183,8 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
         for group in config.instance_group
     ):
         raise ConfigError(f"{where}: field 'instance_group.kind' must be KIND_CPU (no GPU here)")
+
+    threads = _int_parameter(config, "INTRA_OP_THREAD_COUNT", where)
 
     served = mc.ModelConfig()
     served.CopyFrom(config)
@@ -173,8 +199,48 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
         outputs=outputs,
         batching=batching,
         instances=instances,
+        intra_op_threads=threads,
         model_file=config.default_model_filename or DEFAULT_MODEL_FILE,
     )
+
+
+def _batching_policy(db: mc.ModelDynamicBatching, where: Path) -> BatchingPolicy:
+    levels = max(1, db.priority_levels)
+    default = db.default_priority_level or (levels + 1) // 2
+    if not 1 <= default <= levels:
+        raise ConfigError(
+            f"{where}: field 'dynamic_batching.default_priority_level' {default} must be within 1..{levels}"
+        )
+    for level in db.priority_queue_policy:
+        if not 1 <= level <= levels:
+            raise ConfigError(
+                f"{where}: field 'dynamic_batching.priority_queue_policy' names level {level}, "
+                f"outside 1..{levels}"
+            )
+    base = QueuePolicy.from_config(db.default_queue_policy)
+    queues = tuple(
+        QueuePolicy.from_config(db.priority_queue_policy[level])
+        if level in db.priority_queue_policy
+        else base
+        for level in range(1, levels + 1)
+    )
+    return BatchingPolicy(
+        max_queue_delay_s=db.max_queue_delay_microseconds / 1e6,
+        preferred_batch_sizes=tuple(sorted(db.preferred_batch_size)),
+        priority_levels=levels,
+        default_priority=default,
+        queues=queues,
+    )
+
+
+def _int_parameter(config: mc.ModelConfig, key: str, where: Path) -> int:
+    """A config `parameters` entry holding a non-negative integer (Triton's PyTorch backend keys)."""
+    if key not in config.parameters:
+        return 0
+    text = config.parameters[key].string_value
+    if not text.isdigit():
+        raise ConfigError(f"{where}: parameters '{key}' must be a non-negative integer, got '{text}'")
+    return int(text)
 
 
 def load_spec(model_dir: Path) -> ModelSpec:

@@ -68,8 +68,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         return await self._core.infer(request)
 
+    @mapped
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        return self._core.model_statistics(request)
+
     ModelStreamInfer = _not_yet("ModelStreamInfer")
-    ModelStatistics = _not_yet("ModelStatistics")
     RepositoryModelLoad = _not_yet("RepositoryModelLoad")
     RepositoryModelUnload = _not_yet("RepositoryModelUnload")
     SystemSharedMemoryStatus = _not_yet("SystemSharedMemoryStatus")

@@ -1,0 +1,1 @@
+"""`torchwire bench`: a closed-loop load generator that reports throughput against measured ceilings."""
