@@ -58,3 +58,33 @@ def identity_repository(repo: Path) -> list[str]:
         write_model(repo, name, Identity(), single_io_config(name, datatype, [4], 8))
         names.append(name)
     return names
+
+
+class Spinner(torch.nn.Module):
+    """Computes for `INPUT__0[:, 0]` rounds and counts every row it ever computed.
+
+    OUTPUT__0 = 2 * INPUT__0[:, 1:2]; OUTPUT__1 = rows computed so far (including this batch), so a
+    test can prove that an expired or cancelled request never ran.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(1, dtype=torch.int64))
+        self.register_buffer("w", torch.eye(192) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls.add_(x.shape[0])
+        acc = self.w
+        for _ in range(int(x[:, 0].max().item())):
+            acc = torch.mm(acc, self.w) + self.w
+        doubled = x[:, 1:2] * 2 + acc[0:1, 0:1] * 0
+        return doubled, self.calls.expand(x.shape[0]).reshape(-1, 1).clone()
+
+
+def spinner_config(name: str, batching: str) -> str:
+    return (
+        f'name: "{name}"\nmax_batch_size: 8\n'
+        f"input [ {tensor_config('INPUT__0', 'FP32', [2])} ]\n"
+        f"output [ {tensor_config('OUTPUT__0', 'FP32', [1])}, {tensor_config('OUTPUT__1', 'INT64', [1])} ]\n"
+        f"{batching}\n"
+    )

@@ -1,0 +1,159 @@
+"""The batching queue through a real server: batches, limits, deadlines, cancellation, isolation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelgen import Spinner, spinner_config, write_model
+from serving import RunningServer, running_server
+from torchwire.client._proto import grpc_service_pb2 as pb
+from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
+
+SLOW_ROUNDS = 10_000  # about a second of compute here; tests wait on conditions, never on time
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def spinners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    repo: Path = tmp_path_factory.mktemp("spinners")
+    write_model(
+        repo,
+        "batched",
+        Spinner(),
+        spinner_config("batched", "dynamic_batching { max_queue_delay_microseconds: 50000 }"),
+    )
+    write_model(
+        repo,
+        "bounded",
+        Spinner(),
+        spinner_config("bounded", "dynamic_batching { default_queue_policy { max_queue_size: 2 } }"),
+    )
+    write_model(repo, "timed", Spinner(), spinner_config("timed", "dynamic_batching { }"))
+    write_model(repo, "alone", Spinner(), spinner_config("alone", ""))
+    with running_server(repo, torch_threads=1) as server:
+        yield server
+
+
+def request(model: str, rounds: int, value: float, *, rows: int = 1, **params: int) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name=model, id=f"{value}")
+    req.inputs.add(name="INPUT__0", datatype="FP32", shape=[rows, 2])
+    req.raw_input_contents.append(np.array([[rounds, value]] * rows, "<f4").tobytes())
+    for key, number in params.items():
+        req.parameters[key].int64_param = number
+    return req
+
+
+def doubled(response: pb.ModelInferResponse) -> list[float]:
+    return np.frombuffer(response.raw_output_contents[0], "<f4").tolist()
+
+
+def calls_so_far(response: pb.ModelInferResponse) -> int:
+    return int(np.frombuffer(response.raw_output_contents[1], "<i8").max())
+
+
+def scheduler(server: RunningServer, model: str):  # type: ignore[no-untyped-def]
+    return server.app.registry.lookup(model).scheduler
+
+
+@pytest.fixture
+def stub(spinners: RunningServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(spinners.target) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_concurrent_requests_share_batches_and_answers_stay_exact(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    calls = [
+        stub.ModelInfer.future(request("batched", 1, float(i), rows=1 + i % 3), timeout=120)
+        for i in range(40)
+    ]
+    for i, call in enumerate(calls):
+        assert doubled(call.result()) == [2.0 * i] * (1 + i % 3)
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="batched"), timeout=30).model_stats[0]
+    sizes = {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+    assert stats.inference_count == sum(1 + i % 3 for i in range(40))
+    assert stats.execution_count < 40, sizes  # fewer forward passes than requests: batches formed
+    assert max(sizes) > 1 and max(sizes) <= 8, sizes  # never more rows than max_batch_size
+    assert sum(size * count for size, count in sizes.items()) == stats.inference_count
+    assert stats.inference_stats.success.count == 40
+    assert stats.inference_stats.queue.count == 40
+
+
+def test_full_queue_is_rejected_at_once(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    busy = stub.ModelInfer.future(request("bounded", SLOW_ROUNDS, 1.0), timeout=120)
+    wait_until(lambda: scheduler(spinners, "bounded").in_flight == 1, "the slow request runs")
+    queued = [stub.ModelInfer.future(request("bounded", 0, float(i)), timeout=120) for i in range(2)]
+    wait_until(lambda: scheduler(spinners, "bounded").queued == 2, "two requests wait")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request("bounded", 0, 9.0), timeout=60)
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_queue_size" in caught.value.details() and "2 requests" in caught.value.details()
+    assert doubled(busy.result()) == [2.0]
+    assert [doubled(q.result()) for q in queued] == [[0.0], [2.0]]
+
+
+def test_expired_request_is_never_computed(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    before = calls_so_far(stub.ModelInfer(request("timed", 0, 0.0), timeout=60))
+    busy = stub.ModelInfer.future(request("timed", SLOW_ROUNDS, 1.0), timeout=120)
+    wait_until(lambda: scheduler(spinners, "timed").in_flight == 1, "the slow request runs")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request("timed", 0, 5.0, timeout=1000), timeout=60)  # 1 ms of queueing allowed
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "timed out" in caught.value.details()
+    assert calls_so_far(busy.result()) == before + 1
+    # The next computed request proves the expired one never ran: only the slow one came between.
+    assert calls_so_far(stub.ModelInfer(request("timed", 0, 0.0), timeout=60)) == before + 2
+
+
+def test_cancelled_request_leaves_the_queue(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    before = calls_so_far(stub.ModelInfer(request("alone", 0, 0.0), timeout=60))
+    busy = stub.ModelInfer.future(request("alone", SLOW_ROUNDS, 1.0), timeout=120)
+    wait_until(lambda: scheduler(spinners, "alone").in_flight == 1, "the slow request runs")
+    doomed = stub.ModelInfer.future(request("alone", 0, 7.0), timeout=120)
+    wait_until(lambda: scheduler(spinners, "alone").queued == 1, "the second request waits")
+    doomed.cancel()
+    wait_until(lambda: scheduler(spinners, "alone").queued == 0, "the cancelled request leaves the queue")
+    assert busy.result() is not None
+    assert calls_so_far(stub.ModelInfer(request("alone", 0, 0.0), timeout=60)) == before + 2
+
+
+def test_health_answers_during_a_slow_forward(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    busy = stub.ModelInfer.future(request("alone", 3 * SLOW_ROUNDS, 1.0), timeout=180)
+    wait_until(lambda: scheduler(spinners, "alone").in_flight == 1, "the slow request runs")
+    with grpc.insecure_channel(spinners.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(5):
+            answer = health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=60)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert not busy.done(), "health answered only after the forward pass: the event loop was blocked"
+    assert doubled(busy.result()) == [2.0]
+
+
+def test_priority_must_be_a_known_level(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request("batched", 0, 1.0, priority=5), timeout=60)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "'priority'" in caught.value.details()
