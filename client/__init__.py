@@ -7,7 +7,7 @@
 Needs only grpcio, protobuf and numpy: no torch.
 """
 
-from ._calls import USE_CLIENT_DEFAULT, ModelMetadata, ServerMetadata, TensorMetadata
+from ._calls import USE_CLIENT_DEFAULT, ModelMetadata, ServerMetadata, StreamResult, TensorMetadata
 from ._codec import CodecError
 from ._errors import InferenceError
 from .aio import AsyncClient
@@ -21,5 +21,6 @@ __all__ = [
     "InferenceError",
     "ModelMetadata",
     "ServerMetadata",
+    "StreamResult",
     "TensorMetadata",
 ]

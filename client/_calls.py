@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -52,12 +53,27 @@ class ServerMetadata:
     extensions: tuple[str, ...]
 
 
-def channel_options(max_message_bytes: int, extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    return [
+def channel_options(
+    max_message_bytes: int,
+    extra: Sequence[tuple[str, Any]] = (),
+    *,
+    retries: int = 5,
+    round_robin: bool = False,
+    keepalive_s: float | None = None,
+) -> list[tuple[str, Any]]:
+    """Message size limits, retries on UNAVAILABLE, optional round_robin and keepalive; `extra` wins."""
+    options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        *extra,
+        ("grpc.enable_retries", 1 if retries > 1 else 0),
+        ("grpc.service_config", retry_service_config(round_robin=round_robin, max_attempts=max(retries, 1))),
     ]
+    if keepalive_s is not None:
+        options += [
+            ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+    return options + list(extra)
 
 
 def resolve_timeout(timeout: Timeout, default: float | None) -> float | None:
@@ -117,6 +133,93 @@ def model_metadata(response: pb.ModelMetadataResponse) -> ModelMetadata:
 
 def server_metadata(response: pb.ServerMetadataResponse) -> ServerMetadata:
     return ServerMetadata(response.name, response.version, tuple(response.extensions))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """One answer on a stream: the outputs, or (with errors="return") the error, of one request."""
+
+    index: int  # position of the request in the input iterable
+    request_id: str
+    outputs: dict[str, npt.NDArray[Any]] | None
+    error: InferenceError | None
+
+    def unwrap(self) -> dict[str, npt.NDArray[Any]]:
+        """The outputs, or the request's error raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.outputs is not None
+        return self.outputs
+
+
+def stream_request_id(index: int) -> str:
+    return str(index)
+
+
+def decode_stream_response(response: pb.ModelStreamInferResponse) -> StreamResult:
+    answer = response.infer_response
+    index = int(answer.id) if answer.id.isdigit() else -1
+    if response.error_message:
+        name = answer.parameters["status_code"].string_param if "status_code" in answer.parameters else ""
+        code = getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
+        error = InferenceError(code, response.error_message, request_id=answer.id)
+        return StreamResult(index, answer.id, None, error)
+    try:
+        outputs = decode_infer_response(answer)
+    except _codec.CodecError as exc:
+        error = InferenceError(grpc.StatusCode.INTERNAL, f"undecodable response: {exc}", request_id=answer.id)
+        return StreamResult(index, answer.id, None, error)
+    return StreamResult(index, answer.id, outputs, None)
+
+
+class Reorder:
+    """Releases stream results in input order, holding early ones until their turn."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._held: dict[int, StreamResult] = {}
+
+    def push(self, result: StreamResult) -> list[StreamResult]:
+        self._held[result.index] = result
+        ready: list[StreamResult] = []
+        while self._next in self._held:
+            ready.append(self._held.pop(self._next))
+            self._next += 1
+        return ready
+
+
+def retry_service_config(*, round_robin: bool, max_attempts: int = 5) -> str:
+    """gRPC service config: retry every inference RPC on UNAVAILABLE (inference is idempotent)."""
+    config: dict[str, Any] = {
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    if round_robin:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    return json.dumps(config)
+
+
+def channel_target(target: str | Sequence[str]) -> str:
+    """One gRPC target; a list of "ip:port" becomes an ipv4:/ipv6: address list gRPC balances over."""
+    if isinstance(target, str):
+        return target
+    addresses = list(target)
+    if not addresses:
+        raise ValueError("empty target list")
+    if len(addresses) == 1:
+        return addresses[0]
+    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
+    return f"{scheme}:" + ",".join(addresses)
 
 
 @contextlib.contextmanager

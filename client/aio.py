@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import grpc.aio
 import numpy.typing as npt
 
 from . import _calls
-from ._calls import USE_CLIENT_DEFAULT, ModelMetadata, ServerMetadata, Timeout
+from ._calls import USE_CLIENT_DEFAULT, ModelMetadata, ServerMetadata, StreamResult, Timeout
 from ._proto import grpc_service_pb2 as pb
 from ._proto import grpc_service_pb2_grpc as pb_grpc
 from ._proto import model_config_pb2 as config_pb
@@ -21,18 +23,25 @@ class AsyncClient:
     """An asyncio client for one torchwire (or any Open Inference Protocol v2) server.
 
     Create it inside the running event loop (grpc.aio channels bind to the loop they start in).
+    Targets, retries, round_robin and credentials work as for Client.
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         timeout: float | None = None,
         max_message_bytes: int = _calls.DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
+        retries: int = 5,
+        round_robin: bool = False,
+        keepalive_s: float | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        opts = _calls.channel_options(max_message_bytes, options)
+        opts = _calls.channel_options(
+            max_message_bytes, options, retries=retries, round_robin=round_robin, keepalive_s=keepalive_s
+        )
+        target = _calls.channel_target(target)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, opts)
             if credentials is not None
@@ -122,3 +131,57 @@ class AsyncClient:
         with _calls.mapped_errors():
             request = pb.RepositoryIndexRequest(ready=ready_only)
             return list((await self._stub.RepositoryIndex(request, timeout=self._deadline(timeout))).models)
+
+    async def stream(
+        self,
+        model: str,
+        inputs: AsyncIterable[Mapping[str, npt.NDArray[Any]]] | Iterable[Mapping[str, npt.NDArray[Any]]],
+        *,
+        ordered: bool = True,
+        errors: Literal["raise", "return"] = "raise",
+        version: str | None = None,
+        outputs: Sequence[str] | None = None,
+        max_in_flight: int = 64,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> AsyncIterator[StreamResult]:
+        """The asyncio twin of Client.stream, over an async or a plain iterable of inputs."""
+        call = self._stub.ModelStreamInfer(timeout=self._deadline(timeout))  # type: ignore[call-arg]
+        slots = asyncio.Semaphore(max_in_flight)
+
+        async def write_all() -> None:
+            index = 0
+            async for item in _as_async(inputs):
+                await slots.acquire()
+                request = _calls.build_infer_request(
+                    model, item, version=version, outputs=outputs, request_id=_calls.stream_request_id(index)
+                )
+                await call.write(request)
+                index += 1
+            await call.done_writing()
+
+        writer = asyncio.get_running_loop().create_task(write_all())
+        reorder = _calls.Reorder() if ordered else None
+        try:
+            with _calls.mapped_errors():
+                async for response in call:
+                    slots.release()
+                    result = _calls.decode_stream_response(response)
+                    for ready in reorder.push(result) if reorder is not None else [result]:
+                        if ready.error is not None and errors == "raise":
+                            raise ready.error
+                        yield ready
+                await writer  # a failure while building or writing requests surfaces here
+        finally:
+            writer.cancel()
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+
+
+async def _as_async(items: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import numpy.typing as npt
 
 from . import _calls
-from ._calls import USE_CLIENT_DEFAULT, ModelMetadata, ServerMetadata, Timeout
+from ._calls import USE_CLIENT_DEFAULT, ModelMetadata, ServerMetadata, StreamResult, Timeout
 from ._proto import grpc_service_pb2 as pb
 from ._proto import grpc_service_pb2_grpc as pb_grpc
 from ._proto import model_config_pb2 as config_pb
@@ -19,19 +20,28 @@ from ._proto import model_config_pb2 as config_pb
 class Client:
     """A blocking client for one torchwire (or any Open Inference Protocol v2) server.
 
-    `target` is a gRPC target: "host:port", or "dns:///name:port" to spread calls over every address.
+    `target` is a gRPC target ("host:port", or "dns:///name:port" with round_robin=True to spread
+    calls over every address the name resolves to) or a list of "ip:port" addresses. Unary calls are
+    retried on UNAVAILABLE with exponential backoff (`retries` attempts in all; inference is
+    idempotent). Pass `credentials` (e.g. grpc.ssl_channel_credentials(...)) for TLS.
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         timeout: float | None = None,
         max_message_bytes: int = _calls.DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
+        retries: int = 5,
+        round_robin: bool = False,
+        keepalive_s: float | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        opts = _calls.channel_options(max_message_bytes, options)
+        opts = _calls.channel_options(
+            max_message_bytes, options, retries=retries, round_robin=round_robin, keepalive_s=keepalive_s
+        )
+        target = _calls.channel_target(target)
         self._channel = (
             grpc.secure_channel(target, credentials, opts)
             if credentials is not None
@@ -111,3 +121,50 @@ class Client:
         with _calls.mapped_errors():
             request = pb.RepositoryIndexRequest(ready=ready_only)
             return list(self._stub.RepositoryIndex(request, timeout=self._deadline(timeout)).models)
+
+    def stream(
+        self,
+        model: str,
+        inputs: Iterable[Mapping[str, npt.NDArray[Any]]],
+        *,
+        ordered: bool = True,
+        errors: Literal["raise", "return"] = "raise",
+        version: str | None = None,
+        outputs: Sequence[str] | None = None,
+        max_in_flight: int = 64,
+        timeout: Timeout = USE_CLIENT_DEFAULT,
+    ) -> Iterator[StreamResult]:
+        """Send every item of `inputs` on one ModelStreamInfer stream, up to `max_in_flight` at once.
+
+        Yields a StreamResult per request: in input order when `ordered`, else as each completes.
+        A failed request raises its InferenceError (`errors="raise"`) or is yielded with `.error` set
+        (`errors="return"`); the stream goes on either way until the iterator is closed.
+        """
+        slots = threading.Semaphore(max_in_flight)
+        closed = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            for index, item in enumerate(inputs):
+                while not slots.acquire(timeout=0.1):
+                    if closed.is_set():
+                        return
+                if closed.is_set():
+                    return
+                yield _calls.build_infer_request(
+                    model, item, version=version, outputs=outputs, request_id=_calls.stream_request_id(index)
+                )
+
+        reorder = _calls.Reorder() if ordered else None
+        call = self._stub.ModelStreamInfer(requests(), timeout=self._deadline(timeout))
+        try:
+            with _calls.mapped_errors():
+                for response in call:
+                    slots.release()
+                    result = _calls.decode_stream_response(response)
+                    for ready in reorder.push(result) if reorder is not None else [result]:
+                        if ready.error is not None and errors == "raise":
+                            raise ready.error
+                        yield ready
+        finally:
+            closed.set()
+            call.cancel()  # type: ignore[no-untyped-call]

@@ -39,13 +39,29 @@ class App:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def _server_options(self) -> list[tuple[str, int]]:
+        settings = self.settings
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # Clients may keep long streams alive with pings every 10 s or more.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        if settings.max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace * 1000)),
+            ]
+        return options
 
     def _build_server(self) -> grpc.aio.Server:
-        size = self.settings.max_message_bytes
-        server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+        server = grpc.aio.server(options=self._server_options())
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.core, self.settings.stream_max_in_flight), server
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         if self.settings.reflection:
             reflection.enable(server)
@@ -88,8 +104,17 @@ class App:
             await self._server.wait_for_termination()
 
     async def stop(self) -> None:
-        """Health flips to NOT_SERVING, in-flight calls get the grace period, then models unload."""
+        """Health flips to NOT_SERVING; after the drain delay the listener closes and in-flight calls
+        get the grace period; then queues drain and models unload. Calling it again does nothing."""
+        if self._stopping:
+            return
+        self._stopping = True
         await self.health.drain()
+        if self.settings.drain_delay_s > 0:
+            log.info(
+                "draining: NOT_SERVING for %.1f s before closing the listener", self.settings.drain_delay_s
+            )
+            await asyncio.sleep(self.settings.drain_delay_s)  # the point is to let load balancers notice
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
         if self._loading is not None and not self._loading.done():

@@ -17,7 +17,7 @@ from .registry import Registry, State
 
 SERVER_NAME = "torchwire"
 # Triton's extension names for what this server implements (perf_analyzer reads the list).
-EXTENSIONS = ("model_configuration", "schedule_policy", "statistics")
+EXTENSIONS = ("model_configuration", "schedule_policy", "statistics", "streaming")
 
 
 def _version() -> str:

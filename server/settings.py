@@ -48,7 +48,17 @@ class Settings:
     )
     reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl)")
     max_message_bytes: int = _opt(64 * 1024 * 1024, "largest gRPC message received or sent, in bytes")
+    stream_max_in_flight: int = _opt(
+        128, "requests in flight per ModelStreamInfer stream; reading pauses at the limit (backpressure)"
+    )
+    drain_delay_s: float = _opt(
+        0.0,
+        "seconds to keep accepting after SIGTERM while health says NOT_SERVING (lets load balancers notice)",
+    )
     shutdown_grace: float = _opt(10.0, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    max_connection_age_s: float = _opt(
+        0.0, "close client connections after this many seconds so traffic rebalances over replicas (0: never)"
+    )
     log_level: LogLevel = _opt("INFO", "log level")
 
     def __post_init__(self) -> None:
@@ -58,6 +68,10 @@ class Settings:
             raise ValueError(f"torch_threads must be >= 0, got {self.torch_threads}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.stream_max_in_flight < 1:
+            raise ValueError(f"stream_max_in_flight must be >= 1, got {self.stream_max_in_flight}")
+        if self.drain_delay_s < 0 or self.max_connection_age_s < 0:
+            raise ValueError("drain_delay_s and max_connection_age_s must be >= 0")
         if self.shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must be >= 0, got {self.shutdown_grace}")
         if self.model_repository is not None and not self.model_repository.is_dir():

@@ -29,6 +29,16 @@ class RunningServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.app.port}"
 
+    def queue_state(self, model: str) -> tuple[int, int]:
+        """(queued, in flight) of a model's scheduler, read on the server's own loop thread."""
+
+        async def read() -> tuple[int, int]:
+            scheduler = self.app.registry.lookup(model).scheduler
+            return scheduler.queued, scheduler.in_flight
+
+        result: tuple[int, int] = self.call(read())
+        return result
+
     def call(self, coroutine: Any, timeout: float = START_TIMEOUT_S) -> Any:
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)

@@ -65,10 +65,6 @@ def calls_so_far(response: pb.ModelInferResponse) -> int:
     return int(np.frombuffer(response.raw_output_contents[1], "<i8").max())
 
 
-def scheduler(server: RunningServer, model: str):  # type: ignore[no-untyped-def]
-    return server.app.registry.lookup(model).scheduler
-
-
 @pytest.fixture
 def stub(spinners: RunningServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     with grpc.insecure_channel(spinners.target) as channel:
@@ -98,9 +94,9 @@ def test_full_queue_is_rejected_at_once(
     spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
     busy = stub.ModelInfer.future(request("bounded", SLOW_ROUNDS, 1.0), timeout=120)
-    wait_until(lambda: scheduler(spinners, "bounded").in_flight == 1, "the slow request runs")
+    wait_until(lambda: spinners.queue_state("bounded")[1] == 1, "the slow request runs")
     queued = [stub.ModelInfer.future(request("bounded", 0, float(i)), timeout=120) for i in range(2)]
-    wait_until(lambda: scheduler(spinners, "bounded").queued == 2, "two requests wait")
+    wait_until(lambda: spinners.queue_state("bounded")[0] == 2, "two requests wait")
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(request("bounded", 0, 9.0), timeout=60)
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -114,7 +110,7 @@ def test_expired_request_is_never_computed(
 ) -> None:
     before = calls_so_far(stub.ModelInfer(request("timed", 0, 0.0), timeout=60))
     busy = stub.ModelInfer.future(request("timed", SLOW_ROUNDS, 1.0), timeout=120)
-    wait_until(lambda: scheduler(spinners, "timed").in_flight == 1, "the slow request runs")
+    wait_until(lambda: spinners.queue_state("timed")[1] == 1, "the slow request runs")
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(request("timed", 0, 5.0, timeout=1000), timeout=60)  # 1 ms of queueing allowed
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -129,11 +125,11 @@ def test_cancelled_request_leaves_the_queue(
 ) -> None:
     before = calls_so_far(stub.ModelInfer(request("alone", 0, 0.0), timeout=60))
     busy = stub.ModelInfer.future(request("alone", SLOW_ROUNDS, 1.0), timeout=120)
-    wait_until(lambda: scheduler(spinners, "alone").in_flight == 1, "the slow request runs")
+    wait_until(lambda: spinners.queue_state("alone")[1] == 1, "the slow request runs")
     doomed = stub.ModelInfer.future(request("alone", 0, 7.0), timeout=120)
-    wait_until(lambda: scheduler(spinners, "alone").queued == 1, "the second request waits")
+    wait_until(lambda: spinners.queue_state("alone")[0] == 1, "the second request waits")
     doomed.cancel()
-    wait_until(lambda: scheduler(spinners, "alone").queued == 0, "the cancelled request leaves the queue")
+    wait_until(lambda: spinners.queue_state("alone")[0] == 0, "the cancelled request leaves the queue")
     assert busy.result() is not None
     assert calls_so_far(stub.ModelInfer(request("alone", 0, 0.0), timeout=60)) == before + 2
 
@@ -142,7 +138,7 @@ def test_health_answers_during_a_slow_forward(
     spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
     busy = stub.ModelInfer.future(request("alone", 3 * SLOW_ROUNDS, 1.0), timeout=180)
-    wait_until(lambda: scheduler(spinners, "alone").in_flight == 1, "the slow request runs")
+    wait_until(lambda: spinners.queue_state("alone")[1] == 1, "the slow request runs")
     with grpc.insecure_channel(spinners.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for _ in range(5):

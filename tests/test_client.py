@@ -34,6 +34,7 @@ def test_public_api_is_explicit() -> None:
             "InferenceError",
             "ModelMetadata",
             "ServerMetadata",
+            "StreamResult",
             "TensorMetadata",
         ]
     )

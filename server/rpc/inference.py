@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from ..core import InferenceCore
 from .status import mapped
+from .streaming import serve_stream
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -27,8 +29,9 @@ def _not_yet(method: str) -> Any:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, stream_max_in_flight: int) -> None:
         self._core = core
+        self._stream_max_in_flight = stream_max_in_flight
 
     @mapped
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
@@ -74,7 +77,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStatisticsResponse:
         return self._core.model_statistics(request)
 
-    ModelStreamInfer = _not_yet("ModelStreamInfer")
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for response in serve_stream(self._core, request_iterator, self._stream_max_in_flight):
+            yield response
+
     RepositoryModelLoad = _not_yet("RepositoryModelLoad")
     RepositoryModelUnload = _not_yet("RepositoryModelUnload")
     SystemSharedMemoryStatus = _not_yet("SystemSharedMemoryStatus")
