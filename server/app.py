@@ -33,12 +33,19 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repository = settings.model_repository or bundled_repository()
-        self.registry = Registry(self.repository, settings.torch_threads, default_threads())
-        self.core = InferenceCore(self.registry)
+        self.registry = Registry(
+            self.repository,
+            settings.torch_threads,
+            default_threads(),
+            require_all=settings.readiness == "all",
+        )
+        self.registry.on_change = self._update_health
+        self.core = InferenceCore(self.registry, explicit=settings.model_control_mode == "explicit")
         self.health = Health()
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._polling: asyncio.Task[None] | None = None
         self._stopping = False
 
     def _server_options(self) -> list[tuple[str, int]]:
@@ -78,8 +85,15 @@ class App:
         self._loading = asyncio.get_running_loop().create_task(self._load())
         return self.port
 
+    async def _update_health(self) -> None:
+        if not self._stopping:
+            await self.health.set_ready(self.registry.ready())
+
     async def _load(self) -> None:
-        await self.registry.load_all()
+        explicit = self.settings.model_control_mode == "explicit"
+        await self.registry.load_all(list(self.settings.load_model) if explicit else None)
+        if self.settings.model_control_mode == "poll":
+            self._polling = asyncio.get_running_loop().create_task(self._poll_forever())
         for entry in self.registry.entries():
             for version, (state, reason) in sorted(entry.states.items()) or [
                 (0, (entry.state, entry.reason))
@@ -92,8 +106,16 @@ class App:
                     f" ({reason})" if reason else "",
                 )
         ready = self.registry.ready()
-        await self.health.set_ready(ready)
-        log.info("server %s", "ready" if ready else "NOT ready: no model could be loaded")
+        await self._update_health()
+        log.info("server %s", "ready" if ready else "NOT ready: a model asked for could not be loaded")
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)  # the poll period itself
+            try:
+                await self.registry.poll()
+            except Exception:  # one bad scan must not end polling
+                log.exception("repository poll failed")
 
     async def wait_loaded(self) -> None:
         if self._loading is not None:
@@ -117,7 +139,8 @@ class App:
             await asyncio.sleep(self.settings.drain_delay_s)  # the point is to let load balancers notice
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
+        for task in (self._loading, self._polling):
+            if task is not None and not task.done():
+                task.cancel()
         await self.registry.close()
         log.info("stopped")

@@ -8,16 +8,19 @@ from __future__ import annotations
 import time
 from importlib import metadata
 
+from google.protobuf import json_format
+
 from torchwire.client._proto import grpc_service_pb2 as pb
+from torchwire.client._proto import model_config_pb2 as mc
 
 from .codec import decode_request, encode_response
-from .errors import TorchwireError
+from .errors import InvalidRequest, NotAllowed, TorchwireError, Unsupported
 from .observability.statistics import Duration, ModelStatistics
 from .registry import Registry, State
 
 SERVER_NAME = "torchwire"
 # Triton's extension names for what this server implements (perf_analyzer reads the list).
-EXTENSIONS = ("model_configuration", "schedule_policy", "statistics", "streaming")
+EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "statistics", "streaming")
 
 
 def _version() -> str:
@@ -28,8 +31,9 @@ def _version() -> str:
 
 
 class InferenceCore:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, explicit: bool = False) -> None:
         self.registry = registry
+        self._explicit = explicit
         self._server_metadata = pb.ServerMetadataResponse(
             name=SERVER_NAME, version=_version(), extensions=list(EXTENSIONS)
         )
@@ -79,6 +83,32 @@ class InferenceCore:
                     name=entry.name, version=str(version) if version else "", state=state.value, reason=reason
                 )
         return response
+
+    def _require_explicit(self, operation: str) -> None:
+        if not self._explicit:
+            raise NotAllowed(
+                f"{operation} needs --model-control-mode explicit (this server's models are fixed or polled)"
+            )
+
+    async def load_model(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
+        self._require_explicit("RepositoryModelLoad")
+        override = None
+        for key, value in request.parameters.items():
+            if key == "config":
+                override = _config_override(
+                    value.string_param or value.bytes_param.decode("utf-8", "replace")
+                )
+            elif key.startswith("file:"):
+                raise Unsupported(f"parameter '{key}': model files in load requests are not supported")
+        await self.registry.load(request.model_name, override)
+        return pb.RepositoryModelLoadResponse()
+
+    async def unload_model(
+        self, request: pb.RepositoryModelUnloadRequest
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._require_explicit("RepositoryModelUnload")
+        await self.registry.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         served = self.registry.lookup(request.model_name, request.model_version)
@@ -130,3 +160,11 @@ def statistics_message(message: pb.ModelStatistics, stats: ModelStatistics) -> N
         _duration(entry.compute_input, batch.compute_input)
         _duration(entry.compute_infer, batch.compute_infer)
         _duration(entry.compute_output, batch.compute_output)
+
+
+def _config_override(text: str) -> mc.ModelConfig:
+    """Triton's load parameter `config`: a ModelConfig in JSON that replaces config.pbtxt for this load."""
+    try:
+        return json_format.Parse(text, mc.ModelConfig())
+    except json_format.ParseError as exc:
+        raise InvalidRequest(f"parameter 'config' is not a ModelConfig in JSON: {exc}") from exc

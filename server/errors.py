@@ -8,6 +8,7 @@ TorchwireError
  ├─ DeadlineExpired      the request's deadline or timeout passed before it ran
  ├─ ModelExecutionError  the model raised, or returned outputs that do not fit its config
  ├─ Unsupported          a protocol feature torchwire does not offer
+ ├─ NotAllowed           an operation the server's configuration forbids (e.g. load without explicit mode)
  └─ ConfigError          a config.pbtxt or model file that cannot be served (its reason is reported)
 """
 
@@ -43,6 +44,10 @@ class ModelExecutionError(TorchwireError):
 
 
 class Unsupported(TorchwireError):
+    pass
+
+
+class NotAllowed(TorchwireError):
     pass
 
 

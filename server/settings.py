@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 ENV_PREFIX = "TORCHWIRE_"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+ControlMode = Literal["none", "poll", "explicit"]
+Readiness = Literal["all", "any"]
 
 
 def default_threads() -> int:
@@ -38,6 +40,18 @@ def _opt(default: Any, help: str, *, factory: Any = None) -> Any:
 class Settings:
     model_repository: Path | None = _opt(
         None, "model repository folder (Triton layout); default: the bundled example models"
+    )
+    model_control_mode: ControlMode = _opt(
+        "none",
+        "none: load the repository once; poll: rescan it every --repository-poll-secs; explicit: load "
+        "only --load-model models and those RepositoryModelLoad asks for",
+    )
+    repository_poll_secs: float = _opt(15.0, "seconds between repository scans in poll mode")
+    load_model: tuple[str, ...] = _opt(
+        (), "model to load at start in explicit mode (repeat the flag; the variable takes a comma list)"
+    )
+    readiness: Readiness = _opt(
+        "all", "all: ready when every model asked for is ready; any: when at least one is"
     )
     host: str = _opt("0.0.0.0", "address to listen on")
     port: int = _opt(8001, "gRPC port (0 picks a free one)")
@@ -68,6 +82,17 @@ class Settings:
             raise ValueError(f"torch_threads must be >= 0, got {self.torch_threads}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.repository_poll_secs <= 0:
+            raise ValueError(f"repository_poll_secs must be > 0, got {self.repository_poll_secs}")
+        for name, allowed in (
+            ("model_control_mode", ControlMode),
+            ("readiness", Readiness),
+            ("log_level", LogLevel),
+        ):
+            if getattr(self, name) not in typing.get_args(allowed):
+                raise ValueError(
+                    f"{name} must be one of {typing.get_args(allowed)}, got {getattr(self, name)!r}"
+                )
         if self.stream_max_in_flight < 1:
             raise ValueError(f"stream_max_in_flight must be >= 1, got {self.stream_max_in_flight}")
         if self.drain_delay_s < 0 or self.max_connection_age_s < 0:
@@ -106,8 +131,14 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is tuple
+
+
 def _converter(annotation: Any) -> Any:
     base = _base_type(annotation)
+    if _is_list(base):
+        return lambda text: tuple(item.strip() for item in text.split(",") if item.strip())
     if base is bool:
         return _parse_bool
     if typing.get_origin(base) is Literal:
@@ -128,6 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 _flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
             )
             continue
+        if _is_list(base):
+            parser.add_argument(_flag(f.name), dest=f.name, action="append", default=None, help=text)
+            continue
         choices = typing.get_args(base) if typing.get_origin(base) is Literal else None
         parser.add_argument(
             _flag(f.name), dest=f.name, type=_converter(annotation), choices=choices, default=None, help=text
@@ -142,7 +176,7 @@ def from_sources(args: argparse.Namespace | None = None, env: Mapping[str, str] 
     for f in dataclasses.fields(Settings):
         flag_value = getattr(args, f.name, None) if args is not None else None
         if flag_value is not None:
-            values[f.name] = flag_value
+            values[f.name] = tuple(flag_value) if isinstance(flag_value, list) else flag_value
         elif _env_name(f.name) in env:
             raw = env[_env_name(f.name)]
             try:

@@ -9,7 +9,14 @@ import grpc
 import numpy as np
 import pytest
 
-from modelgen import DoubleUnlessNegative, OneOutputOnly, single_io_config, tensor_config, write_model
+from modelgen import (
+    DoubleUnlessNegative,
+    OneOutputOnly,
+    ShapeShifter,
+    single_io_config,
+    tensor_config,
+    write_model,
+)
 from serving import RunningServer, running_server
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -148,9 +155,13 @@ def test_typed_contents_are_accepted(stub: pb_grpc.GRPCInferenceServiceStub) -> 
 
 def test_unimplemented_rpcs_say_so(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"), timeout=30)
+        stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=30)
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "RepositoryModelLoad" in caught.value.details()
+    assert "SystemSharedMemoryStatus" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"), timeout=30)
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "--model-control-mode explicit" in caught.value.details()
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +181,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         f"output [ {tensor_config('OUTPUT__0', 'FP32', [2])}, {tensor_config('OUTPUT__1', 'FP32', [2])} ]\n"
     )
     write_model(repo, "short", OneOutputOnly(), two_outputs)
+    write_model(repo, "shifty", ShapeShifter(), single_io_config("shifty", "FP32", [2], 4))
     with running_server(repo) as server:
         yield server
 
@@ -193,9 +205,26 @@ def test_model_error_is_internal_with_models_message(faulty: RunningServer) -> N
             4,
         ]
         with pytest.raises(grpc.RpcError) as caught:
-            _infer(stub, "short", [1.0, 2.0])
+            _infer(stub, "shifty", [100.0, 2.0])
         assert caught.value.code() is grpc.StatusCode.INTERNAL
-        assert "returned 1 value" in caught.value.details() and "OUTPUT__1" in caught.value.details()
+        assert "'OUTPUT__0' has shape [1, 1], expected [1, 2]" in caught.value.details()
+        assert np.frombuffer(_infer(stub, "shifty", [1.0, 2.0]).raw_output_contents[0], "<f4").tolist() == [
+            1,
+            2,
+        ]
+
+
+def test_model_with_wrong_outputs_never_serves(faulty: RunningServer) -> None:
+    """Warmup runs the model before it serves: outputs that don't fit the config keep it out."""
+    with grpc.insecure_channel(faulty.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        index = {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=30).models}
+        assert index["short"].state == "UNAVAILABLE"
+        assert "warmup failed" in index["short"].reason and "OUTPUT__1" in index["short"].reason
+        with pytest.raises(grpc.RpcError) as caught:
+            _infer(stub, "short", [1.0, 2.0])
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "returned 1 value" in caught.value.details()
 
 
 def test_poisoned_request_fails_alone(faulty: RunningServer) -> None:

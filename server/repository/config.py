@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,40 @@ class BatchingPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Triton's version_policy: which version folders are served."""
+
+    kind: str = "latest"  # latest | all | specific
+    count: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, found: Sequence[int]) -> tuple[int, ...]:
+        ordered = sorted(found)
+        if self.kind == "all":
+            return tuple(ordered)
+        if self.kind == "specific":
+            return tuple(v for v in ordered if v in self.versions)
+        return tuple(ordered[-self.count :])
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupInput:
+    datatype: str
+    dims: tuple[int, ...]
+    random: bool  # random_data; otherwise zero_data
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupSample:
+    """One model_warmup entry: `count` forward passes of `batch_size` rows before the model serves."""
+
+    name: str
+    batch_size: int
+    count: int
+    inputs: dict[str, WarmupInput]
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
     config: mc.ModelConfig
@@ -74,6 +109,8 @@ class ModelSpec:
     batching: BatchingPolicy | None  # None: every request runs alone
     instances: int
     intra_op_threads: int  # 0: decided by the server's settings
+    version_policy: VersionPolicy
+    warmup: tuple[WarmupSample, ...]  # empty: the default warmup (see runtime.warmup)
     model_file: str
     input_index: dict[str, int] = field(init=False)
     output_index: dict[str, int] = field(init=False)
@@ -200,6 +237,8 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
         batching=batching,
         instances=instances,
         intra_op_threads=threads,
+        version_policy=_version_policy(config, where),
+        warmup=tuple(_warmup(sample, inputs, config.max_batch_size, where) for sample in config.model_warmup),
         model_file=config.default_model_filename or DEFAULT_MODEL_FILE,
     )
 
@@ -231,6 +270,41 @@ def _batching_policy(db: mc.ModelDynamicBatching, where: Path) -> BatchingPolicy
         default_priority=default,
         queues=queues,
     )
+
+
+def _version_policy(config: mc.ModelConfig, where: Path) -> VersionPolicy:
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return VersionPolicy("all")
+    if choice == "specific":
+        if any(v <= 0 for v in policy.specific.versions):
+            raise ConfigError(f"{where}: field 'version_policy.specific.versions' must be positive integers")
+        return VersionPolicy("specific", versions=tuple(policy.specific.versions))
+    if choice == "latest":
+        return VersionPolicy("latest", count=max(1, policy.latest.num_versions))
+    return VersionPolicy()
+
+
+def _warmup(
+    sample: mc.ModelWarmup, inputs: tuple[TensorSpec, ...], max_batch_size: int, where: Path
+) -> WarmupSample:
+    label = f"{where}: model_warmup '{sample.name}'"
+    names = {t.name for t in inputs}
+    if set(sample.inputs) != names:
+        raise ConfigError(f"{label}: field 'inputs' must name exactly the model's inputs {sorted(names)}")
+    if max_batch_size > 0 and not 0 < (sample.batch_size or 1) <= max_batch_size:
+        raise ConfigError(f"{label}: field 'batch_size' must be within 1..{max_batch_size}")
+    converted: dict[str, WarmupInput] = {}
+    for name, given in sample.inputs.items():
+        if given.WhichOneof("input_data_type") == "input_data_file":
+            raise ConfigError(
+                f"{label}: input '{name}': input_data_file is not supported; use zero_data or random_data"
+            )
+        if any(d <= 0 for d in given.dims):
+            raise ConfigError(f"{label}: input '{name}': field 'dims' must be positive")
+        converted[name] = WarmupInput(wire_datatype(given.data_type), tuple(given.dims), given.random_data)
+    return WarmupSample(sample.name, sample.batch_size or 1, sample.count or 1, converted)
 
 
 def _int_parameter(config: mc.ModelConfig, key: str, where: Path) -> int:

@@ -68,6 +68,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self._core.repository_index(request)
 
     @mapped
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        return await self._core.load_model(request)
+
+    @mapped
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        return await self._core.unload_model(request)
+
+    @mapped
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         return await self._core.infer(request)
 
@@ -83,8 +95,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for response in serve_stream(self._core, request_iterator, self._stream_max_in_flight):
             yield response
 
-    RepositoryModelLoad = _not_yet("RepositoryModelLoad")
-    RepositoryModelUnload = _not_yet("RepositoryModelUnload")
     SystemSharedMemoryStatus = _not_yet("SystemSharedMemoryStatus")
     SystemSharedMemoryRegister = _not_yet("SystemSharedMemoryRegister")
     SystemSharedMemoryUnregister = _not_yet("SystemSharedMemoryUnregister")

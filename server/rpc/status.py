@@ -22,6 +22,7 @@ STATUS: Final[dict[type[errors.TorchwireError], grpc.StatusCode]] = {
     errors.DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ModelExecutionError: grpc.StatusCode.INTERNAL,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    errors.NotAllowed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ConfigError: grpc.StatusCode.UNAVAILABLE,
 }
 

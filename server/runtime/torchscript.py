@@ -20,6 +20,7 @@ import torch
 
 from ..errors import ConfigError, ModelExecutionError
 from ..repository import ModelSpec, TensorSpec
+from .warmup import warmup_batches
 
 Array = npt.NDArray[Any]
 
@@ -129,7 +130,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_model(path: Path, spec: ModelSpec, threads: int) -> TorchScriptModel:
-    """Blocking: load path with torch.jit.load on the CPU in eval mode."""
+    """Blocking: load path with torch.jit.load on the CPU in eval mode, then warm it up."""
     if not path.is_file():
         raise ConfigError(f"{path}: model file not found (config field 'default_model_filename' names it)")
     try:
@@ -137,4 +138,11 @@ def load_model(path: Path, spec: ModelSpec, threads: int) -> TorchScriptModel:
     except Exception as exc:
         raise ConfigError(f"{path}: not a loadable TorchScript file: {_first_line(exc)}") from exc
     module.eval()
-    return TorchScriptModel(module, spec, threads)
+    model = TorchScriptModel(module, spec, threads)
+    try:
+        for batch in warmup_batches(spec):
+            model.forward(batch)
+    except (ModelExecutionError, ConfigError) as exc:
+        model.close()
+        raise ConfigError(f"{path}: warmup failed: {exc}") from exc
+    return model
