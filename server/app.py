@@ -142,5 +142,6 @@ class App:
         for task in (self._loading, self._polling):
             if task is not None and not task.done():
                 task.cancel()
+        succeeded, failed = self.registry.totals()
         await self.registry.close()
-        log.info("stopped")
+        log.info("stopped: drained; %d requests succeeded, %d failed", succeeded, failed)

@@ -315,6 +315,11 @@ class Registry:
         if self.on_change is not None:
             await self.on_change()
 
+    def totals(self) -> tuple[int, int]:
+        """Requests answered (succeeded, failed) by the versions serving now."""
+        served = [s for e in self._models.values() for s in e.served.values()]
+        return sum(s.stats.success.count for s in served), sum(s.stats.fail.count for s in served)
+
     async def close(self) -> None:
         """Answer everything queued and running in every model, then unload them all."""
         for entry in list(self._models.values()):

@@ -97,3 +97,27 @@ class ShapeShifter(torch.nn.Module):
         if bool(x.sum() > 100):
             return x[:, :1]
         return x
+
+
+class Scale(torch.nn.Module):
+    """OUTPUT__0 = k * INPUT__0: versions of one model that answer differently."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.k
+
+
+def add_version(
+    repo: Path, name: str, version: int, module: torch.nn.Module | None, content: bytes = b""
+) -> None:
+    """Place a version folder atomically (built aside, then renamed in), as a deploy tool should."""
+    staging = repo / f".staging-{name}-{version}"
+    staging.mkdir()
+    if module is not None:
+        torch.jit.save(torch.jit.script(module.eval()), str(staging / "model.pt"))
+    else:
+        (staging / "model.pt").write_bytes(content)
+    staging.rename(repo / name / str(version))

@@ -79,7 +79,8 @@ def test_by_default_one_broken_model_makes_the_server_not_ready(broken_repo: Pat
         with Client(server.target, timeout=30) as client:
             assert client.ready() is False
             assert client.ready("good") is True  # the good model still serves
-            assert client.predict("good", {"INPUT__0": np.ones((1, 3), np.float32)})["OUTPUT__0"].shape == (1, 3)
+            out = client.predict("good", {"INPUT__0": np.ones((1, 3), np.float32)})
+            assert out["OUTPUT__0"].shape == (1, 3)
 
 
 def test_no_loadable_model_means_not_ready(tmp_path: Path) -> None:
