@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -45,31 +46,15 @@ def unary_answers(bundled: RunningServer) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def test_our_stream_matches_unary_with_many_in_flight(
-    bundled: RunningServer, unary_answers: np.ndarray
-) -> None:
-    data = images(COUNT)
-    pulled = 0
-    peak = 0
-    yielded = 0
-
-    def inputs() -> Iterator[dict[str, np.ndarray]]:
-        nonlocal pulled, peak
-        for row in data:
-            pulled += 1
-            peak = max(peak, pulled - yielded)
-            yield {"INPUT__0": row}
-
+def test_our_stream_matches_unary(bundled: RunningServer, unary_answers: np.ndarray) -> None:
     rows_before, runs_before = batch_counts(bundled.target, "digits")
     with Client(bundled.target, timeout=120) as client:
-        results = []
-        for result in client.stream("digits", inputs(), max_in_flight=64):
-            yielded += 1
-            results.append(result)
+        results = list(
+            client.stream("digits", ({"INPUT__0": row} for row in images(COUNT)), max_in_flight=64)
+        )
     assert [r.index for r in results] == list(range(COUNT))  # ordered by default
     got = np.concatenate([r.unwrap()["OUTPUT__0"] for r in results])
     np.testing.assert_allclose(got, unary_answers, rtol=1e-5, atol=1e-6)
-    assert peak >= 32, f"at most {peak} requests were in flight"
     rows, runs = batch_counts(bundled.target, "digits")
     assert rows - rows_before == COUNT
     assert (rows - rows_before) / (runs - runs_before) > 1, "streamed requests were not batched together"
@@ -137,6 +122,7 @@ async def test_async_stream_over_async_generator_half_closes_and_gets_everything
 def spinning(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo: Path = tmp_path_factory.mktemp("spinning")
     write_model(repo, "spin", Spinner(), spinner_config("spin", ""))
+    write_model(repo, "spinbatch", Spinner(), spinner_config("spinbatch", "dynamic_batching { }"))
     with running_server(repo, torch_threads=1) as server:
         yield server
 
@@ -164,3 +150,26 @@ async def test_cancelled_stream_frees_its_queue_entries(spinning: RunningServer)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await until(lambda: spinning.queue_state("spin")[0] == 0, "the cancelled stream leaves the queue")
+
+
+def test_one_stream_pipelines_many_requests_into_batches(spinning: RunningServer) -> None:
+    """While the first request computes, the same stream's next ones all wait in the queue at once."""
+    inputs = [{"INPUT__0": np.array([[10_000.0, -1.0]], np.float32)}] + [
+        {"INPUT__0": np.array([[0.0, float(i)]], np.float32)} for i in range(63)
+    ]
+    rows_before, runs_before = batch_counts(spinning.target, "spinbatch")
+    results: list[Any] = []
+    with Client(spinning.target, timeout=120) as client:
+        consumer = threading.Thread(target=lambda: results.extend(client.stream("spinbatch", inputs)))
+        consumer.start()
+        try:
+            deadline = time.monotonic() + 120
+            while spinning.queue_state("spinbatch")[0] < 32:  # >= 32 of one stream's requests in flight
+                assert time.monotonic() < deadline, "the stream's requests never piled up in the queue"
+                time.sleep(0.005)
+        finally:
+            consumer.join(timeout=120)
+    assert [float(r.unwrap()["OUTPUT__0"][0, 0]) for r in results] == [-2.0] + [2.0 * i for i in range(63)]
+    rows, runs = batch_counts(spinning.target, "spinbatch")
+    assert rows - rows_before == 64
+    assert (rows - rows_before) / (runs - runs_before) > 1, "queued stream requests were not batched"
