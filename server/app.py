@@ -12,6 +12,9 @@ from grpc_health.v1 import health_pb2_grpc
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from .core import InferenceCore
+from .observability.logs import AccessLog
+from .observability.metrics import MetricsServer
+from .observability.tracing import Tracing, configure_exporter
 from .registry import Registry
 from .rpc import reflection
 from .rpc.health import Health
@@ -47,6 +50,7 @@ class App:
         self._loading: asyncio.Task[None] | None = None
         self._polling: asyncio.Task[None] | None = None
         self._stopping = False
+        self.metrics: MetricsServer | None = None
 
     def _server_options(self) -> list[tuple[str, int]]:
         settings = self.settings
@@ -66,9 +70,13 @@ class App:
 
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(options=self._server_options())
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.core, self.settings.stream_max_in_flight), server
+        servicer = InferenceServicer(
+            self.core,
+            self.settings.stream_max_in_flight,
+            Tracing(self.settings.trace),
+            AccessLog(self.settings.access_log_sample),
         )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         if self.settings.reflection:
             reflection.enable(server)
@@ -81,6 +89,12 @@ class App:
         await server.start()
         self._server = server
         await self.health.start()
+        if self.settings.trace:
+            configure_exporter(self.settings.trace_exporter)
+        if self.settings.metrics_port:
+            self.metrics = MetricsServer(self.core, self.settings.host, max(self.settings.metrics_port, 0))
+            metrics_port = self.metrics.start(asyncio.get_running_loop())
+            log.info("metrics on http://%s:%d/metrics", self.settings.host, metrics_port)
         log.info("listening on %s:%d (repository %s)", self.settings.host, self.port, self.repository)
         self._loading = asyncio.get_running_loop().create_task(self._load())
         return self.port
@@ -144,4 +158,6 @@ class App:
                 task.cancel()
         succeeded, failed = self.registry.totals()
         await self.registry.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         log.info("stopped: drained; %d requests succeeded, %d failed", succeeded, failed)

@@ -5,7 +5,9 @@ rpc/ adapts it to gRPC; anything else (a REST or streaming adapter) would adapt 
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from importlib import metadata
 
 from google.protobuf import json_format
@@ -13,6 +15,8 @@ from google.protobuf import json_format
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import model_config_pb2 as mc
 
+from . import errors
+from .batching import Completed
 from .codec import decode_request, encode_response
 from .errors import InvalidRequest, NotAllowed, TorchwireError, Unsupported
 from .observability.statistics import Duration, ModelStatistics
@@ -21,6 +25,17 @@ from .registry import Registry, State
 SERVER_NAME = "torchwire"
 # Triton's extension names for what this server implements (perf_analyzer reads the list).
 EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "statistics", "streaming")
+
+
+# Why a request failed, as metrics label it (a bounded set).
+FAILURE_REASONS: dict[type[TorchwireError], str] = {
+    errors.InvalidRequest: "invalid_input",
+    errors.Unsupported: "invalid_input",
+    errors.QueueFull: "rejected",
+    errors.DeadlineExpired: "timeout",
+    errors.ModelExecutionError: "model_error",
+    errors.ModelUnavailable: "unavailable",
+}
 
 
 def _version() -> str:
@@ -34,6 +49,7 @@ class InferenceCore:
     def __init__(self, registry: Registry, *, explicit: bool = False) -> None:
         self.registry = registry
         self._explicit = explicit
+        self.unknown_model_requests = 0  # no model to count them under (their names are not labels)
         self._server_metadata = pb.ServerMetadataResponse(
             name=SERVER_NAME, version=_version(), extensions=list(EXTENSIONS)
         )
@@ -110,20 +126,37 @@ class InferenceCore:
         await self.registry.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        served = self.registry.lookup(request.model_name, request.model_version)
+    async def infer(
+        self, request: pb.ModelInferRequest, on_timing: Callable[[Completed], None] | None = None
+    ) -> pb.ModelInferResponse:
+        """Decode, queue, run and encode one request; `on_timing` sees when it queued and computed."""
+        try:
+            served = self.registry.lookup(request.model_name, request.model_version)
+        except TorchwireError:
+            self.unknown_model_requests += 1
+            raise
         start = time.monotonic_ns()
-        ok = False
+        failure: str | None = "internal"
         try:
             decoded = decode_request(request, served.spec)
-            outputs = await served.scheduler.submit(
+            completed = await served.scheduler.submit(
                 decoded.inputs, decoded.rows, priority=decoded.priority, timeout_s=decoded.timeout_s
             )
-            response = encode_response(request, served.spec, served.version, outputs, decoded.outputs)
-            ok = True
+            response = encode_response(
+                request, served.spec, served.version, completed.outputs, decoded.outputs
+            )
+            failure = None
+            if on_timing is not None:
+                on_timing(completed)
             return response
+        except asyncio.CancelledError:
+            failure = "cancelled"
+            raise
+        except TorchwireError as exc:
+            failure = FAILURE_REASONS.get(type(exc), "internal")
+            raise
         finally:
-            served.stats.record_request(ok, time.monotonic_ns() - start)
+            served.stats.record_request(time.monotonic_ns() - start, failure)
 
     def model_statistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
         """Triton's statistics: every served version, or those of one model (and one version)."""

@@ -61,6 +61,7 @@ class ModelEntry:
     served: dict[int, ServedVersion] = field(default_factory=dict)
     wanted: bool = True  # asked to serve (explicit mode: loaded and not unloaded)
     fingerprint: tuple[object, ...] = ()  # of the files at the last load attempt
+    load_failures: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -227,6 +228,7 @@ class Registry:
             model = await asyncio.to_thread(load_model, path, spec, threads)
         except ConfigError as exc:
             log.error("model %s version %d failed to load: %s", entry.name, version, exc)
+            entry.load_failures += 1
             if current is None:
                 entry.states[version] = (State.UNAVAILABLE, str(exc))
             else:  # the version loaded before keeps serving
@@ -254,6 +256,7 @@ class Registry:
 
     def _fail_model(self, entry: ModelEntry, reason: str, versions: tuple[int, ...]) -> None:
         log.error("model %s unavailable: %s", entry.name, reason)
+        entry.load_failures += 1
         if entry.served:  # a broken config never takes traffic: what serves keeps serving
             entry.reason = f"reload failed, previous load keeps serving: {reason}"
             return

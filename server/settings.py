@@ -61,6 +61,15 @@ class Settings:
         "among a model's instances; a model's INTRA_OP_THREAD_COUNT parameter overrides)",
     )
     reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl)")
+    metrics_port: int = _opt(8002, "HTTP port of Prometheus /metrics (0: off; -1: any free port)")
+    trace: bool = _opt(False, "OpenTelemetry spans per RPC, with queue and compute children")
+    trace_exporter: Literal["none", "console", "otlp"] = _opt(
+        "none",
+        "where spans go: none (an OpenTelemetry SDK the process set up), console, or otlp (needs "
+        "opentelemetry-exporter-otlp; OTEL_EXPORTER_OTLP_* variables configure it)",
+    )
+    log_format: Literal["text", "json"] = _opt("text", "log line format")
+    access_log_sample: float = _opt(0.0, "fraction of requests that get an access log line (0..1)")
     max_message_bytes: int = _opt(64 * 1024 * 1024, "largest gRPC message received or sent, in bytes")
     stream_max_in_flight: int = _opt(
         128, "requests in flight per ModelStreamInfer stream; reading pauses at the limit (backpressure)"
@@ -88,11 +97,17 @@ class Settings:
             ("model_control_mode", ControlMode),
             ("readiness", Readiness),
             ("log_level", LogLevel),
+            ("trace_exporter", Literal["none", "console", "otlp"]),
+            ("log_format", Literal["text", "json"]),
         ):
             if getattr(self, name) not in typing.get_args(allowed):
                 raise ValueError(
                     f"{name} must be one of {typing.get_args(allowed)}, got {getattr(self, name)!r}"
                 )
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be -1..65535, got {self.metrics_port}")
+        if not 0.0 <= self.access_log_sample <= 1.0:
+            raise ValueError(f"access_log_sample must be within 0..1, got {self.access_log_sample}")
         if self.stream_max_in_flight < 1:
             raise ValueError(f"stream_max_in_flight must be >= 1, got {self.stream_max_in_flight}")
         if self.drain_delay_s < 0 or self.max_connection_age_s < 0:

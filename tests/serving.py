@@ -49,6 +49,7 @@ def running_server(
     repository: Path | None = None, *, wait_loaded: bool = True, **overrides: Any
 ) -> Iterator[RunningServer]:
     """A started server on an ephemeral port; always stopped on exit, even when the test fails."""
+    overrides.setdefault("metrics_port", 0)  # metrics off unless a test asks (-1: any free port)
     settings = Settings(
         model_repository=repository, host="127.0.0.1", port=0, shutdown_grace=5.0, **overrides
     )

@@ -1,5 +1,5 @@
 """Dynamic batching: one scheduler per served model version."""
 
-from .scheduler import Scheduler
+from .scheduler import Completed, Scheduler
 
-__all__ = ["Scheduler"]
+__all__ = ["Completed", "Scheduler"]

@@ -42,12 +42,22 @@ _PAYOFF_DECAY = 0.8
 _UNBOUNDED = QueuePolicy()
 
 
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A request's outputs and when it was queued, started computing and finished (monotonic ns)."""
+
+    outputs: list[Array]
+    queued_ns: int
+    started_ns: int
+    finished_ns: int
+
+
 @dataclass(slots=True, eq=False)
 class _Pending:
     inputs: Sequence[Array]
     rows: int
     key: tuple[tuple[int, ...], ...]  # non-batch shapes: only equal keys share a batch
-    future: asyncio.Future[list[Array]]
+    future: asyncio.Future[Completed]
     arrived_ns: int
     expiry: asyncio.TimerHandle | None = None
     dispatched_ns: int = field(default=0)
@@ -107,7 +117,7 @@ class Scheduler:
 
     async def submit(
         self, inputs: Sequence[Array], rows: int, *, priority: int = 0, timeout_s: float | None = None
-    ) -> list[Array]:
+    ) -> Completed:
         """Queue one request (inputs in config order, `rows` in its batch dimension); await its outputs."""
         if self._dispatcher is None:
             self._start()
@@ -255,7 +265,7 @@ class Scheduler:
             if p.expiry is not None:
                 p.expiry.cancel()  # it runs now: its timeout no longer applies
             p.dispatched_ns = start
-            self.stats.queue.add(start - p.arrived_ns)
+            self.stats.record_queue(start - p.arrived_ns)
         inputs = _concat(live)
         ran = time.monotonic_ns()
         try:
@@ -322,14 +332,12 @@ def _concat(batch: list[_Pending]) -> Sequence[Array]:
 
 
 def _deliver(batch: list[_Pending], outputs: list[Array]) -> None:
-    if len(batch) == 1:
-        if not batch[0].future.done():
-            batch[0].future.set_result(outputs)
-        return
+    finished = time.monotonic_ns()
     start = 0
     for p in batch:
         if not p.future.done():
-            p.future.set_result([o[start : start + p.rows] for o in outputs])
+            mine = outputs if len(batch) == 1 else [o[start : start + p.rows] for o in outputs]
+            p.future.set_result(Completed(mine, p.arrived_ns, p.dispatched_ns, finished))
         start += p.rows
 
 

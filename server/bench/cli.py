@@ -1,16 +1,367 @@
-"""Registers `torchwire bench` (placeholder until the benchmark lands)."""
+"""`torchwire bench`: a closed-loop concurrency sweep against torchwire and its two ceilings.
+
+One run measures, in order, each on a quiet machine (one thing at a time shares the cores):
+1. torchwire (`torchwire serve` started as a subprocess, or --target), per concurrency level;
+2. the bare grpc server (benchmarks/bare_server.py) with the same load generator and levels;
+3. the model in-process, at the batch size torchwire formed at each level.
+It prints torchwire's figures as ratios to both, and writes JSON, CSV and a PNG plot.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from torchwire.client import Client, InferenceError
+
+from . import ceilings, processes, report, workload
+from .batchstats import StatisticsProbe, mean_batch_size
+from .loadgen import LoadError, WorkerPool
+from .plot import write_png
+from .results import Level, Measured, Run, summarize
+
+START_MARGIN_S = 0.1  # from sending a level's command to its workers to its first request
+INPROCESS_MAX_S = 2.0  # the model alone is steady: this long per batch size is plenty
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNIMPLEMENTED = 3
+EXIT_INTERRUPTED = 130
+
+
+class BenchError(RuntimeError):
+    """A problem with the model or target the user can act on; printed without a traceback."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    model: str
+    target: str | None
+    concurrency: tuple[int, ...]
+    duration: float
+    warmup: float
+    batch: int
+    streaming: bool
+    out: Path
+    repository: Path | None
+    workers: int
+    torch_threads: int | None
+    start_timeout: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        try:
+            levels = tuple(int(part) for part in str(args.concurrency).split(",") if part.strip())
+        except ValueError as exc:
+            raise ValueError(f"--concurrency {args.concurrency!r}: expected numbers like 1,4,16,64") from exc
+        checks = [
+            (bool(levels) and min(levels) >= 1, "--concurrency levels must be >= 1"),
+            (args.duration > 0, "--duration must be > 0"),
+            (args.warmup >= 0, "--warmup must be >= 0"),
+            (args.batch >= 1, "--batch must be >= 1"),
+            (args.workers >= 1, "--workers must be >= 1"),
+            (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
+            (
+                args.repository is None or args.repository.is_dir(),
+                f"--repository {args.repository} is not a folder",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return cls(
+            model=args.model,
+            target=args.target,
+            concurrency=levels,
+            duration=args.duration,
+            warmup=args.warmup,
+            batch=args.batch,
+            streaming=args.streaming,
+            out=args.out,
+            repository=args.repository,
+            workers=args.workers,
+            torch_threads=args.torch_threads,
+            start_timeout=args.start_timeout,
+        )
 
 
 def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser("bench", help="benchmark a model (closed loop)")
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "bench",
+        help="benchmark a model (closed loop) against a bare grpc server and the model in-process",
+        description="Closed-loop benchmark: keeps CONCURRENCY requests in flight for DURATION seconds per "
+        "level, then measures the same levels against a bare grpc server and the model in-process, and "
+        "prints torchwire's throughput as ratios to both. Without --target it starts `torchwire serve`.",
+    )
+    parser.add_argument("--model", required=True, help="model to benchmark (its metadata shapes the request)")
+    parser.add_argument("--target", help="HOST:PORT of a running server (default: start one on a free port)")
+    parser.add_argument(
+        "--concurrency", default="1,4,16,64", help="comma-separated levels [default 1,4,16,64]"
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per level [default 5]")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each level [1]")
+    parser.add_argument("--batch", type=int, default=1, help="rows per request [default 1]")
+    parser.add_argument("--streaming", action="store_true", help="ModelStreamInfer: one stream per worker")
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="results folder [bench-results]"
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        help="model repository (default: the bundled examples); also locates "
+        "the model file for the in-process ceiling when --target is given",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="load generator processes sharing the concurrency [default 1]"
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, help="passed to `torchwire serve` and used in-process [server default]"
+    )
+    parser.add_argument(
+        "--start-timeout", type=float, default=120.0, help="seconds to wait for the server to be ready [120]"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("torchwire bench: not available yet")
-    return 2
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a log file or pipe: keep the table's rows whole
+    try:
+        options = Options.from_args(args)
+    except ValueError as exc:
+        console.print(f"torchwire bench: {exc}", style="red")
+        return EXIT_USAGE
+    try:
+        return execute(options, console)
+    except KeyboardInterrupt:
+        console.print("torchwire bench: interrupted (servers and workers stopped)", style="yellow")
+        return EXIT_INTERRUPTED
+    except LoadError as exc:
+        if exc.code == "UNIMPLEMENTED" and options.streaming:
+            console.print(
+                f"torchwire bench: the server does not implement ModelStreamInfer ({exc.message}); "
+                "run without --streaming",
+                style="red",
+            )
+            return EXIT_UNIMPLEMENTED
+        console.print(f"torchwire bench: the load generator failed: {exc}", style="red")
+        return EXIT_FAILED
+    except (BenchError, processes.StartError, InferenceError) as exc:
+        console.print(f"torchwire bench: {exc}", style="red")
+        return EXIT_FAILED
+
+
+def execute(options: Options, console: Console) -> int:
+    notes: list[str] = []
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with WorkerPool(options.workers) as pool, _progress(console) as progress:
+        with contextlib.ExitStack() as server:
+            if options.target is None:
+                console.print(f"starting torchwire serve ({options.repository or 'bundled models'}) ...")
+                target = server.enter_context(
+                    processes.torchwire_server(
+                        options.repository, torch_threads=options.torch_threads, timeout=options.start_timeout
+                    )
+                )
+            else:
+                target = options.target
+                processes.wait_serving(target, options.start_timeout)
+            load = _workload(target, options)
+            pool.connect(target, load.request, load.expected_outputs(), options.streaming)
+            with StatisticsProbe(target, options.model) as probe:
+                measured = sweep(pool, "torchwire", options, progress, probe)
+                if probe.unavailable:
+                    notes.append(f"mean batch size n/a: {probe.unavailable}")
+        # The server is stopped here: the ceilings below get the machine to themselves.
+        bare = _bare_sweep(pool, load, options, progress, notes)
+    inprocess, batch_from = _inprocess(load, measured, options, notes, console)
+    rows = load.batch or 1
+    run = Run(
+        model=options.model,
+        target=options.target or "spawned",
+        started=started,
+        settings=_settings(options),
+        machine=_machine(),
+        notes=notes,
+    )
+    for index, tw in enumerate(measured):
+        run.levels.append(
+            Level(
+                concurrency=tw.concurrency,
+                torchwire=tw,
+                bare=bare[index] if bare else None,
+                inprocess=inprocess[index] if inprocess else None,
+                inprocess_batch_from=batch_from,
+                rows_per_request=rows,
+            )
+        )
+    report.show(run, console)
+    paths = _write(run, options.out)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0 if all(m.completed > 0 for m in measured) else EXIT_FAILED
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        refresh_per_second=4,  # the parent shares the cores with what it measures: keep it idle
+    )
+
+
+def _workload(target: str, options: Options) -> workload.Workload:
+    with Client(target, timeout=10.0) as client:
+        if not client.ready(options.model):
+            reasons = [m.reason for m in client.repository_index() if m.name == options.model and m.reason]
+            why = f": {reasons[0]}" if reasons else " (is it in the repository?)"
+            raise BenchError(f"model '{options.model}' is not ready on {target}{why}")
+        metadata = client.metadata(options.model)
+        max_batch_size = client.config(options.model).max_batch_size
+    try:
+        return workload.build(metadata, max_batch_size, options.batch)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from exc
+
+
+def sweep(
+    pool: WorkerPool, label: str, options: Options, progress: Progress, probe: StatisticsProbe | None
+) -> list[Measured]:
+    """Every concurrency level against the pool's current target, one after another."""
+    results: list[Measured] = []
+    for concurrency in options.concurrency:
+        task = progress.add_task(f"{label} c={concurrency}", total=options.warmup + options.duration)
+        start_at = time.monotonic() + START_MARGIN_S
+        pool.start(concurrency, start_at, options.warmup, options.duration)
+        measure_from = start_at + options.warmup
+        measure_to = measure_from + options.duration
+        _wait_until(measure_from, start_at, progress, task)
+        before = probe.snapshot() if probe else None
+        _wait_until(measure_to, start_at, progress, task)
+        after = probe.snapshot() if probe else None
+        measured = summarize(pool.collect(), mean_batch_size(before, after))
+        progress.remove_task(task)
+        progress.console.print(report.level_line(label, measured), soft_wrap=True)
+        if measured.problem:
+            progress.console.print(f"  invalid response: {measured.problem}", style="red")
+        results.append(measured)
+    return results
+
+
+def _wait_until(when: float, start_at: float, progress: Progress, task: TaskID) -> None:
+    while (now := time.monotonic()) < when:
+        progress.update(task, completed=max(0.0, now - start_at))
+        time.sleep(min(0.25, when - now))
+
+
+def _bare_sweep(
+    pool: WorkerPool, load: workload.Workload, options: Options, progress: Progress, notes: list[str]
+) -> list[Measured] | None:
+    script = processes.bare_server_script()
+    if script is None:
+        notes.append("bare server ceiling skipped: benchmarks/bare_server.py is not here (installed wheel)")
+        return None
+    if options.target is not None and not options.target.startswith(("127.", "localhost", "[::1]")):
+        notes.append(f"the bare server runs on this machine; {options.target} may not: compare with care")
+    with processes.bare_server(script, load.output_specs()) as target:
+        pool.connect(target, load.request, load.expected_outputs(), options.streaming)
+        return sweep(pool, "bare", options, progress, None)
+
+
+def _inprocess(
+    load: workload.Workload,
+    measured: Sequence[Measured],
+    options: Options,
+    notes: list[str],
+    console: Console,
+) -> tuple[list[ceilings.InProcess] | None, str | None]:
+    repository = options.repository
+    if repository is None and options.target is None:
+        from torchwire.server.app import bundled_repository
+
+        repository = bundled_repository()
+    if repository is None:
+        notes.append("in-process ceiling skipped: pass --repository to locate the model file")
+        return None, None
+    local = ceilings.find_model(repository, options.model)
+    if local is None:
+        notes.append(f"in-process ceiling skipped: no model file for '{options.model}' under {repository}")
+        return None, None
+    known = all(m.mean_batch_size is not None for m in measured)
+    batch_from = "server" if known else "request"
+    if not known:
+        notes.append("in-process ceiling measured at the request's batch size: the formed one is n/a")
+    batches = [
+        max(1, round(m.mean_batch_size)) if m.mean_batch_size is not None else max(1, load.batch)
+        for m in measured
+    ]
+    threads = ceilings.server_threads(local.spec, options.torch_threads)
+    if options.target is not None and options.torch_threads is None:
+        notes.append(
+            f"in-process ceiling uses {threads} torch threads, torchwire's default rule on this machine"
+        )
+    console.print(
+        f"measuring {options.model} in-process at batch {sorted(set(batches))}, {threads} threads ..."
+    )
+    seconds = min(options.duration, INPROCESS_MAX_S)
+    by_batch = ceilings.measure(local, load.inputs, batches, threads=threads, seconds=seconds)
+    return [by_batch[b] for b in batches], batch_from
+
+
+def _settings(options: Options) -> dict[str, Any]:
+    return {
+        "concurrency": list(options.concurrency),
+        "duration_s": options.duration,
+        "warmup_s": options.warmup,
+        "batch": options.batch,
+        "streaming": options.streaming,
+        "workers": options.workers,
+        "torch_threads": options.torch_threads,
+        "repository": str(options.repository) if options.repository else None,
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _machine() -> dict[str, Any]:
+    from torchwire.server.settings import default_threads
+
+    return {
+        "cores_usable": default_threads(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "grpcio": _version("grpcio"),
+        "torch": _version("torch"),
+        "torchwire": _version("torchwire"),
+    }
+
+
+def _write(run: Run, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{run.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".png")]
+    report.write_json(run, paths[0])
+    report.write_csv(run, paths[1])
+    write_png(run, paths[2])
+    return paths

@@ -33,7 +33,9 @@ class Workload:
             {
                 "name": t.name,
                 "datatype": t.datatype,
-                "shape": [self.batch if i == 0 and self.batch > 0 and d < 0 else d for i, d in enumerate(t.shape)],
+                "shape": [
+                    self.batch if i == 0 and self.batch > 0 and d < 0 else d for i, d in enumerate(t.shape)
+                ],
             }
             for t in self.outputs
         ]
@@ -45,9 +47,7 @@ class Workload:
 
 def concrete_shape(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
     """The batch dimension (first, when batched) gets `batch` rows; any other variable dimension 1."""
-    return tuple(
-        (batch if i == 0 and batch > 0 else 1) if d < 0 else d for i, d in enumerate(shape)
-    )
+    return tuple((batch if i == 0 and batch > 0 else 1) if d < 0 else d for i, d in enumerate(shape))
 
 
 def random_array(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> Array:

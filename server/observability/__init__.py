@@ -1,9 +1,5 @@
-"""Logging setup (metrics, statistics and tracing arrive with the operations issue)."""
+"""Statistics, metrics, tracing and logs: how operators see a running server."""
 
-from __future__ import annotations
+from .logs import configure_logging
 
-import logging
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+__all__ = ["configure_logging"]

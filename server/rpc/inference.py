@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import grpc.aio
+from opentelemetry import trace
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from ..core import InferenceCore
-from .status import mapped
+from ..observability.logs import AccessLog
+from ..observability.tracing import Tracing
+from .status import mapped, status_of
 from .streaming import serve_stream
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -29,9 +33,17 @@ def _not_yet(method: str) -> Any:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore, stream_max_in_flight: int) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        stream_max_in_flight: int,
+        tracing: Tracing | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self._core = core
         self._stream_max_in_flight = stream_max_in_flight
+        self._tracing = tracing or Tracing(enabled=False)
+        self._access = access_log or AccessLog(0.0)
 
     @mapped
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
@@ -81,7 +93,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @mapped
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        return await self._core.infer(request)
+        if not self._tracing.enabled and not self._access.sample:
+            return await self._core.infer(request)  # the plain path: nothing observed per request
+        return await self._observed_infer(request, context)
+
+    async def _observed_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        start = time.perf_counter()
+        code = "OK"
+        with self._tracing.rpc_span("ModelInfer", context.invocation_metadata()) as span:
+            try:
+                return await self._core.infer(
+                    request, lambda completed: self._tracing.record(span, request.model_name, completed)
+                )
+            except Exception as exc:
+                code = status_of(exc)[0].name
+                if span is not None:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, code))
+                raise
+            finally:
+                if self._access.wanted():
+                    elapsed = time.perf_counter() - start
+                    self._access.log("ModelInfer", request.model_name, code, elapsed, context.peer())
 
     @mapped
     async def ModelStatistics(

@@ -1,0 +1,142 @@
+"""The servers a benchmark starts: `torchwire serve` and the bare server, each a subprocess.
+
+A subprocess, never a thread: the load generator must not share a GIL with what it measures.
+Each is a context manager that always stops its process (SIGTERM, then kill), on errors and
+Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+STOP_TIMEOUT_S = 15.0  # SIGTERM first (torchwire drains), kill after this
+READINESS = "readiness"  # torchwire's health service name for "models loaded"
+
+
+class StartError(RuntimeError):
+    """A server did not come up; the message carries the end of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def bare_server_script() -> Path | None:
+    """benchmarks/bare_server.py of a source checkout; None for an installed wheel (no benchmarks/)."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bare_server.py"
+    return script if script.is_file() else None
+
+
+def _tail(log: IO[bytes], limit: int = 3000) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read().decode(errors="replace")[-limit:]
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def _managed(
+    command: Sequence[str], *, stdout: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes]]]:
+    # The log is a file, not a pipe: a chatty server can never block on a full pipe nobody reads.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(list(command), stdout=stdout, stderr=log)
+        try:
+            yield proc, log
+        finally:
+            stop(proc)
+
+
+def wait_serving(target: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll grpc.health.v1 Check("readiness") until SERVING; fail early if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise StartError(f"the server exited with code {proc.returncode} before it was ready")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=READINESS), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                last = exc.code().name if isinstance(exc, grpc.Call) else str(exc)
+            time.sleep(0.2)
+    raise StartError(f"{target} was not ready within {timeout:.0f} s (health: {last})")
+
+
+@contextlib.contextmanager
+def torchwire_server(repository: Path | None, *, torch_threads: int | None, timeout: float) -> Iterator[str]:
+    """`torchwire serve` on a free 127.0.0.1 port; yields its target once health says ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "torchwire.server", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if repository is not None:
+        command += ["--model-repository", str(repository)]
+    if torch_threads:
+        command += ["--torch-threads", str(torch_threads)]
+    with _managed(command) as (proc, log):
+        target = f"127.0.0.1:{port}"
+        try:
+            wait_serving(target, timeout, proc)
+        except StartError as exc:
+            raise StartError(f"torchwire serve did not start: {exc}\n{_tail(log)}") from exc
+        yield target
+
+
+@contextlib.contextmanager
+def bare_server(script: Path, outputs: Sequence[str], *, timeout: float = 30.0) -> Iterator[str]:
+    """benchmarks/bare_server.py answering with `outputs` (NAME:DATATYPE:DIMS); yields its target."""
+    command = [sys.executable, str(script), "--host", "127.0.0.1", "--port", "0", "--outputs", *outputs]
+    with _managed(command, stdout=subprocess.PIPE) as (proc, log):
+        assert proc.stdout is not None
+        port = _read_port(proc, proc.stdout, timeout)
+        if port is None:
+            raise StartError(f"the bare server printed no `PORT <n>` within {timeout:.0f} s\n{_tail(log)}")
+        yield f"127.0.0.1:{port}"
+
+
+def _read_port(proc: subprocess.Popen[bytes], stdout: IO[bytes], timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    fd = stdout.fileno()
+    while time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        buffer += chunk
+        for line in buffer.splitlines():
+            if line.startswith(b"PORT "):
+                return int(line.split()[1])
+    return None

@@ -1,0 +1,140 @@
+"""Shows and saves a run: a rich table on the terminal, JSON (everything) and CSV (one row a level)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .results import Level, Measured, Run
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _errors(measured: Measured) -> str:
+    if not measured.errors:
+        return "0"
+    return ", ".join(f"{code} {count}" for code, count in sorted(measured.errors.items()))
+
+
+def level_line(label: str, measured: Measured) -> str:
+    """One finished level, printed as the sweep goes."""
+    return (
+        f"{label:>9}  c={measured.concurrency:<4} {_num(measured.throughput):>8} infer/s  "
+        f"p50 {_num(measured.p50_ms, 2)} ms  p90 {_num(measured.p90_ms, 2)} ms  "
+        f"p99 {_num(measured.p99_ms, 2)} ms  batch {_num(measured.mean_batch_size, 1)}  "
+        f"errors {_errors(measured)}"
+    )
+
+
+def table(run: Run) -> Table:
+    title = f"torchwire bench: {run.model} ({'streaming' if run.settings.get('streaming') else 'unary'})"
+    out = Table(title=title, title_justify="left")
+    for name in (
+        "conc",
+        "infer/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "batch",
+        "errors",
+        "bare/s",
+        "bare p50",
+        "bare p99",
+        "tw/bare",
+        "model rows/s @b",
+        "tw/model",
+    ):
+        out.add_column(name, justify="right")
+    for level in run.levels:
+        tw, bare, inproc = level.torchwire, level.bare, level.inprocess
+        out.add_row(
+            str(level.concurrency),
+            _num(tw.throughput),
+            _num(tw.p50_ms, 2),
+            _num(tw.p90_ms, 2),
+            _num(tw.p99_ms, 2),
+            _num(tw.mean_batch_size, 1),
+            _errors(tw),
+            _num(bare.throughput) if bare else "n/a",
+            _num(bare.p50_ms, 2) if bare else "n/a",
+            _num(bare.p99_ms, 2) if bare else "n/a",
+            _ratio(level.vs_bare),
+            f"{_num(inproc.rows_per_s)} @{inproc.batch}" if inproc else "n/a",
+            _ratio(level.vs_inprocess),
+        )
+    return out
+
+
+def show(run: Run, console: Console) -> None:
+    console.print(table(run))
+    for note in run.notes:
+        console.print(f"note: {note}")
+
+
+def write_json(run: Run, path: Path) -> None:
+    path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
+
+
+CSV_COLUMNS = (
+    "model",
+    "concurrency",
+    "throughput",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "mean_batch_size",
+    "errors",
+    "bare_throughput",
+    "bare_p50_ms",
+    "bare_p90_ms",
+    "bare_p99_ms",
+    "inprocess_batch",
+    "inprocess_rows_per_s",
+    "inprocess_threads",
+    "vs_bare",
+    "vs_inprocess",
+)
+
+
+def _row(run: Run, level: Level) -> dict[str, object]:
+    tw, bare, inproc = level.torchwire, level.bare, level.inprocess
+    return {
+        "model": run.model,
+        "concurrency": level.concurrency,
+        "throughput": tw.throughput,
+        "p50_ms": tw.p50_ms,
+        "p90_ms": tw.p90_ms,
+        "p99_ms": tw.p99_ms,
+        "mean_ms": tw.mean_ms,
+        "mean_batch_size": tw.mean_batch_size,
+        "errors": tw.error_count,
+        "bare_throughput": bare.throughput if bare else None,
+        "bare_p50_ms": bare.p50_ms if bare else None,
+        "bare_p90_ms": bare.p90_ms if bare else None,
+        "bare_p99_ms": bare.p99_ms if bare else None,
+        "inprocess_batch": inproc.batch if inproc else None,
+        "inprocess_rows_per_s": inproc.rows_per_s if inproc else None,
+        "inprocess_threads": inproc.threads if inproc else None,
+        "vs_bare": level.vs_bare,
+        "vs_inprocess": level.vs_inprocess,
+    }
+
+
+def write_csv(run: Run, path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for level in run.levels:
+            # Empty cells for n/a, which spreadsheets and pandas read as missing.
+            writer.writerow({k: ("" if v is None else v) for k, v in _row(run, level).items()})

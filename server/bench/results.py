@@ -1,0 +1,108 @@
+"""What a benchmark run found: per-level figures for each target, the ceilings, and their ratios."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .ceilings import InProcess
+from .loadgen import Sample
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One target at one concurrency level."""
+
+    concurrency: int
+    throughput: float  # successful inferences (requests) per second
+    completed: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    errors: dict[str, int]
+    mean_batch_size: float | None  # rows per forward pass, from ModelStatistics; None: n/a
+    problem: str | None = None  # the first invalid response, if any
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+def summarize(sample: Sample, mean_batch_size: float | None) -> Measured:
+    latencies_ms = sample.latencies_ns / 1e6
+    if latencies_ms.size:
+        p50, p90, p99 = (round(float(v), 4) for v in np.percentile(latencies_ms, [50, 90, 99]))
+        mean: float | None = round(float(latencies_ms.mean()), 4)
+    else:
+        p50 = p90 = p99 = mean = None
+    return Measured(
+        concurrency=sample.concurrency,
+        throughput=round(latencies_ms.size / sample.duration_s, 1),
+        completed=int(latencies_ms.size),
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        mean_ms=mean,
+        errors=dict(sample.errors),
+        mean_batch_size=None if mean_batch_size is None else round(mean_batch_size, 3),
+        problem=sample.problem,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    concurrency: int
+    torchwire: Measured
+    bare: Measured | None
+    inprocess: InProcess | None
+    inprocess_batch_from: str | None  # "server": the batch it formed; "request": statistics were n/a
+    rows_per_request: int
+
+    @property
+    def vs_bare(self) -> float | None:
+        """torchwire throughput / the bare server's, at the same concurrency."""
+        if self.bare is None or self.bare.throughput <= 0:
+            return None
+        return self.torchwire.throughput / self.bare.throughput
+
+    @property
+    def vs_inprocess(self) -> float | None:
+        """torchwire rows/s / the model's own rows/s at the batch size the server formed."""
+        if self.inprocess is None or self.inprocess.rows_per_s <= 0:
+            return None
+        return self.torchwire.throughput * self.rows_per_request / self.inprocess.rows_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "torchwire": asdict(self.torchwire),
+            "bare": asdict(self.bare) if self.bare else None,
+            "inprocess": asdict(self.inprocess) if self.inprocess else None,
+            "inprocess_batch_from": self.inprocess_batch_from,
+            "ratios": {"vs_bare": self.vs_bare, "vs_inprocess": self.vs_inprocess},
+        }
+
+
+@dataclass(slots=True)
+class Run:
+    model: str
+    target: str  # "spawned" when bench started the server itself
+    started: str  # ISO 8601, local time
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    levels: list[Level] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "target": self.target,
+            "started": self.started,
+            "settings": self.settings,
+            "machine": self.machine,
+            "levels": [level.to_dict() for level in self.levels],
+            "notes": self.notes,
+        }

@@ -1,0 +1,198 @@
+"""Prometheus metrics (`torchwire_*`), rendered at scrape time from the same statistics that answer
+ModelStatistics, so /metrics and the RPC always agree and requests pay nothing extra for metrics.
+
+The scrape arrives on prometheus_client's HTTP thread; the snapshot is taken on the event loop,
+the only thread that writes the statistics, so no counter is read half-updated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..core import InferenceCore
+from ..registry import State
+from .statistics import Histogram, ModelStatistics
+
+FAILURE_REASONS = (
+    "invalid_input",
+    "rejected",
+    "timeout",
+    "cancelled",
+    "model_error",
+    "unavailable",
+    "internal",
+)
+SNAPSHOT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSnapshot:
+    model: str
+    version: str
+    stats: ModelStatistics
+    queued: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    versions: list[VersionSnapshot]
+    states: list[tuple[str, str, str]]  # model, version, state
+    load_failures: dict[str, int]
+    unknown_model_requests: int
+
+
+def take_snapshot(core: InferenceCore) -> Snapshot:
+    """Runs on the event loop: copies what a scrape needs."""
+    versions: list[VersionSnapshot] = []
+    states: list[tuple[str, str, str]] = []
+    failures: dict[str, int] = {}
+    for entry in core.registry.entries():
+        failures[entry.name] = entry.load_failures
+        for version, (state, _) in sorted(entry.states.items()):
+            states.append((entry.name, str(version), state.value))
+        for version, served in sorted(entry.served.items()):
+            scheduler = served.scheduler
+            versions.append(
+                VersionSnapshot(
+                    entry.name,
+                    str(version),
+                    copy.deepcopy(served.stats),
+                    scheduler.queued,
+                    scheduler.in_flight,
+                )
+            )
+    return Snapshot(versions, states, failures, core.unknown_model_requests)
+
+
+def _histogram(name: str, doc: str, labels: list[str], rows: Iterable[tuple[list[str], Histogram]]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, histogram in rows:
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip([*map(str, histogram.bounds), "+Inf"], histogram.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family.add_metric(values, buckets, histogram.total)
+    return family
+
+
+class TorchwireCollector(Collector):
+    def __init__(self, core: InferenceCore, loop: asyncio.AbstractEventLoop) -> None:
+        self._core = core
+        self._loop = loop
+
+    def _snapshot(self) -> Snapshot:
+        async def snap() -> Snapshot:
+            return take_snapshot(self._core)
+
+        return asyncio.run_coroutine_threadsafe(snap(), self._loop).result(SNAPSHOT_TIMEOUT_S)
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._snapshot()
+        labels = ["model", "version"]
+        rows = [([v.model, v.version], v) for v in snapshot.versions]
+
+        def counter(name: str, doc: str, value: Any) -> Metric:
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, v in rows:
+                family.add_metric(key, value(v))
+            return family
+
+        yield counter(
+            "torchwire_request_success", "Requests answered successfully.", lambda v: v.stats.success.count
+        )
+        failure = CounterMetricFamily(
+            "torchwire_request_failure", "Requests that failed, by reason.", labels=[*labels, "reason"]
+        )
+        for key, v in rows:
+            for reason in FAILURE_REASONS:
+                failure.add_metric([*key, reason], v.stats.failures.get(reason, 0))
+        yield failure
+        yield counter(
+            "torchwire_inference_count",
+            "Rows inferred (a request of n rows counts n).",
+            lambda v: v.stats.inference_count,
+        )
+        yield counter(
+            "torchwire_execution_count", "Forward passes (batches) run.", lambda v: v.stats.execution_count
+        )
+        yield _histogram(
+            "torchwire_request_duration_seconds",
+            "Request time from arrival to response.",
+            labels,
+            ((k, v.stats.request_seconds) for k, v in rows),
+        )
+        yield _histogram(
+            "torchwire_queue_duration_seconds",
+            "Time requests waited for a batch.",
+            labels,
+            ((k, v.stats.queue_seconds) for k, v in rows),
+        )
+        yield _histogram(
+            "torchwire_compute_duration_seconds",
+            "Forward pass time per batch.",
+            labels,
+            ((k, v.stats.compute_seconds) for k, v in rows),
+        )
+        yield _histogram(
+            "torchwire_batch_size",
+            "Rows per forward pass.",
+            labels,
+            ((k, v.stats.batch_rows) for k, v in rows),
+        )
+        queue = GaugeMetricFamily("torchwire_queue_depth", "Requests waiting for a batch.", labels=labels)
+        running = GaugeMetricFamily("torchwire_batches_in_flight", "Batches computing now.", labels=labels)
+        for key, v in rows:
+            queue.add_metric(key, v.queued)
+            running.add_metric(key, v.in_flight)
+        yield queue
+        yield running
+        state = GaugeMetricFamily(
+            "torchwire_model_state", "1 for each model version's current state.", labels=[*labels, "state"]
+        )
+        for model, version, current in snapshot.states:
+            for name in State:
+                state.add_metric([model, version, name.value], 1.0 if name.value == current else 0.0)
+        yield state
+        loads = CounterMetricFamily("torchwire_model_load_failures", "Failed model loads.", labels=["model"])
+        for model, count in sorted(snapshot.load_failures.items()):
+            loads.add_metric([model], count)
+        yield loads
+        unknown = CounterMetricFamily(
+            "torchwire_unknown_model_requests", "Requests naming a model or version not served."
+        )
+        unknown.add_metric([], snapshot.unknown_model_requests)
+        yield unknown
+
+
+class MetricsServer:
+    """/metrics over HTTP on its own port, with process CPU and memory beside torchwire's metrics."""
+
+    def __init__(self, core: InferenceCore, host: str, port: int) -> None:
+        self._core = core
+        self._host = host
+        self._port = port
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._server: Any = None
+        self.port = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> int:
+        self.registry.register(TorchwireCollector(self._core, loop))
+        ProcessCollector(namespace="torchwire", registry=self.registry)
+        self._server, _thread = start_http_server(self._port, addr=self._host, registry=self.registry)
+        self.port = int(self._server.server_port)
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
