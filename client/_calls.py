@@ -158,7 +158,7 @@ def stream_request_id(index: int) -> str:
 
 def decode_stream_response(response: pb.ModelStreamInferResponse) -> StreamResult:
     answer = response.infer_response
-    index = int(answer.id) if answer.id.isdigit() else -1
+    index = int(answer.id) if answer.id.isascii() and answer.id.isdigit() and len(answer.id) < 19 else -1
     if response.error_message:
         name = answer.parameters["status_code"].string_param if "status_code" in answer.parameters else ""
         code = getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)

@@ -85,10 +85,15 @@ def datatype_of(array: npt.NDArray[Any]) -> str:
     return name
 
 
+MAX_DIMENSION: Final = 2**31 - 1  # numpy cannot shape even an empty array past this on every platform
+
+
 def element_count(shape: Sequence[int], tensor: str) -> int:
     for dim in shape:
         if dim < 0:
             raise CodecError(f"tensor '{tensor}': shape {list(shape)} has a negative dimension")
+        if dim > MAX_DIMENSION:
+            raise CodecError(f"tensor '{tensor}': shape {list(shape)} has a dimension over {MAX_DIMENSION}")
     return math.prod(shape)
 
 
@@ -142,6 +147,15 @@ def from_contents(
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array.reshape(shape)
+    if dtype.wire.kind in "iu" and values:
+        # Typed int fields are wider than INT8/16 and UINT8/16: values must fit the datatype.
+        info = np.iinfo(dtype.wire)
+        low, high = min(values), max(values)
+        if low < info.min or high > info.max:
+            raise CodecError(
+                f"tensor '{tensor}': contents.{dtype.contents_field} value {low if low < info.min else high} "
+                f"is out of range for {name} ({info.min}..{info.max})"
+            )
     return np.array(values, dtype=dtype.wire).reshape(shape)
 
 

@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 import grpc.aio
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
+from torchwire.client._proto import grpc_service_pb2 as pb
 
 from .core import InferenceCore
 from .observability.logs import AccessLog
@@ -17,6 +17,7 @@ from .observability.metrics import MetricsServer
 from .observability.tracing import Tracing, configure_exporter
 from .registry import Registry
 from .rpc import reflection
+from .rpc.handlers import service_handler
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
 from .settings import Settings, default_threads
@@ -76,8 +77,12 @@ class App:
             Tracing(self.settings.trace),
             AccessLog(self.settings.access_log_sample),
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        server.add_generic_rpc_handlers(
+            (
+                service_handler(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], servicer),
+                service_handler(health_pb2.DESCRIPTOR.services_by_name["Health"], self.health.servicer),
+            )
+        )
         if self.settings.reflection:
             reflection.enable(server)
         return server

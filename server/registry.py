@@ -32,6 +32,7 @@ log = logging.getLogger("torchwire.registry")
 
 # A model name is a plain folder name inside the repository: no paths, no "..", nothing hidden.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also accepts "¹"
 
 
 class State(enum.Enum):
@@ -105,7 +106,7 @@ class Registry:
         """The served version a request names ("" means the highest), or ModelNotFound/ModelUnavailable."""
         entry = self.entry(name)
         if version:
-            if not version.isdigit() or int(version) not in entry.states:
+            if not _VERSION.fullmatch(version) or int(version) not in entry.states:
                 found = ", ".join(map(str, entry.versions)) or "none"
                 raise ModelNotFound(f"model '{name}' has no version '{version}' (versions: {found})")
             served = entry.served.get(int(version))

@@ -551,8 +551,8 @@ def infer_cases(draw: st.DrawFn, names: st.SearchStrategy[str] | None = None) ->
         else:
             if model.max_batch_size:
                 row_counts.add(shape[0])
-            if max(shape, default=0) > 2**31:  # no elements, but a server may cap dimensions
-                case.lenient.append(f"input {name!r}: shape {shape} has a dimension over 2**31")
+            if max(shape, default=0) > 2**31 - 1:  # no elements, but a server may cap dimensions
+                case.lenient.append(f"input {name!r}: shape {shape} has a dimension over 2**31 - 1")
         count = element_count(shape)
         counts.append((count, template.datatype))
         for key, param in draw_benign(draw, 10).items():

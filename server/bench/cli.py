@@ -14,6 +14,7 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -142,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         console.print(f"torchwire bench: {exc}", style="red")
         return EXIT_USAGE
+    # SIGTERM unwinds like Ctrl-C, so the servers and workers this run started are always stopped.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return execute(options, console)
     except KeyboardInterrupt:
@@ -160,6 +163,12 @@ def run(args: argparse.Namespace) -> int:
     except (BenchError, processes.StartError, InferenceError) as exc:
         console.print(f"torchwire bench: {exc}", style="red")
         return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def execute(options: Options, console: Console) -> int:

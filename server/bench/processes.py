@@ -63,11 +63,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def _managed(
-    command: Sequence[str], *, stdout: int | None = None
+    command: Sequence[str], *, stdout: int | None = None, env: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes]]]:
     # The log is a file, not a pipe: a chatty server can never block on a full pipe nobody reads.
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(list(command), stdout=stdout, stderr=log)
+        proc = subprocess.Popen(list(command), stdout=stdout, stderr=log, env=env)
         try:
             yield proc, log
         finally:
@@ -103,7 +103,10 @@ def torchwire_server(repository: Path | None, *, torch_threads: int | None, time
         command += ["--model-repository", str(repository)]
     if torch_threads:
         command += ["--torch-threads", str(torch_threads)]
-    with _managed(command) as (proc, log):
+    # Metrics stay on as by default (their cost is part of serving), on a free port so that a
+    # server already running here cannot make this one fail. An unknown variable is ignored.
+    env = {**os.environ, "TORCHWIRE_METRICS_PORT": "-1"}
+    with _managed(command, env=env) as (proc, log):
         target = f"127.0.0.1:{port}"
         try:
             wait_serving(target, timeout, proc)

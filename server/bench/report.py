@@ -17,7 +17,9 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 
 def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
 
 
 def _errors(measured: Measured) -> str:

@@ -312,7 +312,7 @@ def _int_parameter(config: mc.ModelConfig, key: str, where: Path) -> int:
     if key not in config.parameters:
         return 0
     text = config.parameters[key].string_value
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ConfigError(f"{where}: parameters '{key}' must be a non-negative integer, got '{text}'")
     return int(text)
 

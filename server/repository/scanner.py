@@ -17,7 +17,7 @@ def versions_of(model_dir: Path) -> tuple[int, ...]:
     found = [
         int(child.name)
         for child in model_dir.iterdir()
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0
+        if child.is_dir() and child.name.isascii() and child.name.isdigit() and 0 < int(child.name) < 2**63
     ]
     return tuple(sorted(found))
 

@@ -16,12 +16,19 @@ from collections.abc import AsyncIterator
 from torchwire.client._proto import grpc_service_pb2 as pb
 
 from ..core import InferenceCore
+from .handlers import Undecodable
 from .status import status_of
 
 FINAL_RESPONSE_FLAG = "triton_enable_empty_final_response"
 
 
-async def _answer(core: InferenceCore, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+async def _answer(
+    core: InferenceCore, request: pb.ModelInferRequest | Undecodable
+) -> pb.ModelStreamInferResponse:
+    if isinstance(request, Undecodable):
+        response = pb.ModelStreamInferResponse(error_message=request.message)
+        response.infer_response.parameters["status_code"].string_param = "INVALID_ARGUMENT"
+        return response
     try:
         response = pb.ModelStreamInferResponse(infer_response=await core.infer(request))
     except Exception as exc:
