@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import grpc
@@ -66,7 +67,7 @@ def channel_options(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.enable_retries", 1 if retries > 1 else 0),
-        ("grpc.service_config", retry_service_config(round_robin=round_robin, max_attempts=max(retries, 1))),
+        ("grpc.service_config", retry_service_config(round_robin=round_robin, max_attempts=retries)),
     ]
     if keepalive_s is not None:
         options += [
@@ -189,21 +190,22 @@ class Reorder:
 
 
 def retry_service_config(*, round_robin: bool, max_attempts: int = 5) -> str:
-    """gRPC service config: retry every inference RPC on UNAVAILABLE (inference is idempotent)."""
-    config: dict[str, Any] = {
-        "methodConfig": [
-            {
-                "name": [{"service": "inference.GRPCInferenceService"}],
-                "retryPolicy": {
-                    "maxAttempts": max_attempts,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
+    """gRPC service config: retry every inference RPC on UNAVAILABLE (inference is idempotent).
+
+    gRPC allows 2 to 5 attempts; `max_attempts` below 2 turns retries off.
+    """
+    config: dict[str, Any] = {}
+    if max_attempts >= 2:
+        retry = {
+            "maxAttempts": min(max_attempts, 5),
+            "initialBackoff": "0.05s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        config["methodConfig"] = [
+            {"name": [{"service": "inference.GRPCInferenceService"}], "retryPolicy": retry}
         ]
-    }
     if round_robin:
         config["loadBalancingConfig"] = [{"round_robin": {}}]
     return json.dumps(config)
@@ -220,6 +222,25 @@ def channel_target(target: str | Sequence[str]) -> str:
         return addresses[0]
     scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
     return f"{scheme}:" + ",".join(addresses)
+
+
+def tls_credentials(
+    ca: str | Path | None, cert: str | Path | None, key: str | Path | None
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: a CA to trust, and a certificate + key for mutual TLS."""
+    if (cert is None) != (key is None):
+        raise ValueError("mutual TLS needs both tls_cert and tls_key")
+
+    def read(path: str | Path | None) -> bytes | None:
+        return Path(path).read_bytes() if path is not None else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -33,6 +34,10 @@ class AsyncClient:
         timeout: float | None = None,
         max_message_bytes: int = _calls.DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        token: str | None = None,
         retries: int = 5,
         round_robin: bool = False,
         keepalive_s: float | None = None,
@@ -42,6 +47,9 @@ class AsyncClient:
             max_message_bytes, options, retries=retries, round_robin=round_robin, keepalive_s=keepalive_s
         )
         target = _calls.channel_target(target)
+        if credentials is None and (tls_ca or tls_cert or tls_key):
+            credentials = _calls.tls_credentials(tls_ca, tls_cert, tls_key)
+        self._metadata = _calls.auth_metadata(token)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, opts)
             if credentials is not None
@@ -64,8 +72,8 @@ class AsyncClient:
     async def close(self) -> None:
         await self._channel.close(None)
 
-    def _deadline(self, timeout: Timeout) -> float | None:
-        return _calls.resolve_timeout(timeout, self._timeout)
+    def _call_options(self, timeout: Timeout) -> dict[str, Any]:
+        return {"timeout": _calls.resolve_timeout(timeout, self._timeout), "metadata": self._metadata}
 
     async def predict(
         self,
@@ -82,12 +90,12 @@ class AsyncClient:
             request = _calls.build_infer_request(
                 model, inputs, version=version, outputs=outputs, request_id=request_id
             )
-            response = await self._stub.ModelInfer(request, timeout=self._deadline(timeout))
+            response = await self._stub.ModelInfer(request, **self._call_options(timeout))
             return _calls.decode_infer_response(response)
 
     async def live(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> bool:
         with _calls.mapped_errors():
-            response = await self._stub.ServerLive(pb.ServerLiveRequest(), timeout=self._deadline(timeout))
+            response = await self._stub.ServerLive(pb.ServerLiveRequest(), **self._call_options(timeout))
             return response.live
 
     async def ready(
@@ -96,18 +104,16 @@ class AsyncClient:
         """Whether the server (no model named) or one model version is ready for inference."""
         with _calls.mapped_errors():
             if model is None:
-                server = await self._stub.ServerReady(
-                    pb.ServerReadyRequest(), timeout=self._deadline(timeout)
-                )
+                server = await self._stub.ServerReady(pb.ServerReadyRequest(), **self._call_options(timeout))
                 return server.ready
             request = pb.ModelReadyRequest(name=model, version=version or "")
-            return (await self._stub.ModelReady(request, timeout=self._deadline(timeout))).ready
+            return (await self._stub.ModelReady(request, **self._call_options(timeout))).ready
 
     async def server_metadata(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> ServerMetadata:
         with _calls.mapped_errors():
             request = pb.ServerMetadataRequest()
             return _calls.server_metadata(
-                await self._stub.ServerMetadata(request, timeout=self._deadline(timeout))
+                await self._stub.ServerMetadata(request, **self._call_options(timeout))
             )
 
     async def metadata(
@@ -115,7 +121,7 @@ class AsyncClient:
     ) -> ModelMetadata:
         with _calls.mapped_errors():
             request = pb.ModelMetadataRequest(name=model, version=version or "")
-            response = await self._stub.ModelMetadata(request, timeout=self._deadline(timeout))
+            response = await self._stub.ModelMetadata(request, **self._call_options(timeout))
             return _calls.model_metadata(response)
 
     async def config(
@@ -123,14 +129,14 @@ class AsyncClient:
     ) -> config_pb.ModelConfig:
         with _calls.mapped_errors():
             request = pb.ModelConfigRequest(name=model, version=version or "")
-            return (await self._stub.ModelConfig(request, timeout=self._deadline(timeout))).config
+            return (await self._stub.ModelConfig(request, **self._call_options(timeout))).config
 
     async def repository_index(
         self, *, ready_only: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT
     ) -> list[pb.RepositoryIndexResponse.ModelIndex]:
         with _calls.mapped_errors():
             request = pb.RepositoryIndexRequest(ready=ready_only)
-            return list((await self._stub.RepositoryIndex(request, timeout=self._deadline(timeout))).models)
+            return list((await self._stub.RepositoryIndex(request, **self._call_options(timeout))).models)
 
     async def stream(
         self,
@@ -145,7 +151,7 @@ class AsyncClient:
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> AsyncIterator[StreamResult]:
         """The asyncio twin of Client.stream, over an async or a plain iterable of inputs."""
-        call = self._stub.ModelStreamInfer(timeout=self._deadline(timeout))  # type: ignore[call-arg]
+        call = self._stub.ModelStreamInfer(**self._call_options(timeout))
         slots = asyncio.Semaphore(max_in_flight)
 
         async def write_all() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -23,7 +24,8 @@ class Client:
     `target` is a gRPC target ("host:port", or "dns:///name:port" with round_robin=True to spread
     calls over every address the name resolves to) or a list of "ip:port" addresses. Unary calls are
     retried on UNAVAILABLE with exponential backoff (`retries` attempts in all; inference is
-    idempotent). Pass `credentials` (e.g. grpc.ssl_channel_credentials(...)) for TLS.
+    idempotent). For TLS pass `tls_ca` (and `tls_cert` + `tls_key` for mutual TLS) as PEM file paths,
+    or any `credentials`. `token` is sent as `authorization: Bearer <token>` on every call.
     """
 
     def __init__(
@@ -33,6 +35,10 @@ class Client:
         timeout: float | None = None,
         max_message_bytes: int = _calls.DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        token: str | None = None,
         retries: int = 5,
         round_robin: bool = False,
         keepalive_s: float | None = None,
@@ -42,6 +48,9 @@ class Client:
             max_message_bytes, options, retries=retries, round_robin=round_robin, keepalive_s=keepalive_s
         )
         target = _calls.channel_target(target)
+        if credentials is None and (tls_ca or tls_cert or tls_key):
+            credentials = _calls.tls_credentials(tls_ca, tls_cert, tls_key)
+        self._metadata = _calls.auth_metadata(token)
         self._channel = (
             grpc.secure_channel(target, credentials, opts)
             if credentials is not None
@@ -61,8 +70,8 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def _deadline(self, timeout: Timeout) -> float | None:
-        return _calls.resolve_timeout(timeout, self._timeout)
+    def _call_options(self, timeout: Timeout) -> dict[str, Any]:
+        return {"timeout": _calls.resolve_timeout(timeout, self._timeout), "metadata": self._metadata}
 
     def predict(
         self,
@@ -79,12 +88,12 @@ class Client:
             request = _calls.build_infer_request(
                 model, inputs, version=version, outputs=outputs, request_id=request_id
             )
-            response = self._stub.ModelInfer(request, timeout=self._deadline(timeout))
+            response = self._stub.ModelInfer(request, **self._call_options(timeout))
             return _calls.decode_infer_response(response)
 
     def live(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> bool:
         with _calls.mapped_errors():
-            return self._stub.ServerLive(pb.ServerLiveRequest(), timeout=self._deadline(timeout)).live
+            return self._stub.ServerLive(pb.ServerLiveRequest(), **self._call_options(timeout)).live
 
     def ready(
         self, model: str | None = None, *, version: str | None = None, timeout: Timeout = USE_CLIENT_DEFAULT
@@ -92,13 +101,13 @@ class Client:
         """Whether the server (no model named) or one model version is ready for inference."""
         with _calls.mapped_errors():
             if model is None:
-                return self._stub.ServerReady(pb.ServerReadyRequest(), timeout=self._deadline(timeout)).ready
+                return self._stub.ServerReady(pb.ServerReadyRequest(), **self._call_options(timeout)).ready
             request = pb.ModelReadyRequest(name=model, version=version or "")
-            return self._stub.ModelReady(request, timeout=self._deadline(timeout)).ready
+            return self._stub.ModelReady(request, **self._call_options(timeout)).ready
 
     def server_metadata(self, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> ServerMetadata:
         with _calls.mapped_errors():
-            response = self._stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=self._deadline(timeout))
+            response = self._stub.ServerMetadata(pb.ServerMetadataRequest(), **self._call_options(timeout))
             return _calls.server_metadata(response)
 
     def metadata(
@@ -106,21 +115,21 @@ class Client:
     ) -> ModelMetadata:
         with _calls.mapped_errors():
             request = pb.ModelMetadataRequest(name=model, version=version or "")
-            return _calls.model_metadata(self._stub.ModelMetadata(request, timeout=self._deadline(timeout)))
+            return _calls.model_metadata(self._stub.ModelMetadata(request, **self._call_options(timeout)))
 
     def config(
         self, model: str, *, version: str | None = None, timeout: Timeout = USE_CLIENT_DEFAULT
     ) -> config_pb.ModelConfig:
         with _calls.mapped_errors():
             request = pb.ModelConfigRequest(name=model, version=version or "")
-            return self._stub.ModelConfig(request, timeout=self._deadline(timeout)).config
+            return self._stub.ModelConfig(request, **self._call_options(timeout)).config
 
     def repository_index(
         self, *, ready_only: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT
     ) -> list[pb.RepositoryIndexResponse.ModelIndex]:
         with _calls.mapped_errors():
             request = pb.RepositoryIndexRequest(ready=ready_only)
-            return list(self._stub.RepositoryIndex(request, timeout=self._deadline(timeout)).models)
+            return list(self._stub.RepositoryIndex(request, **self._call_options(timeout)).models)
 
     def stream(
         self,
@@ -155,7 +164,7 @@ class Client:
                 )
 
         reorder = _calls.Reorder() if ordered else None
-        call = self._stub.ModelStreamInfer(requests(), timeout=self._deadline(timeout))
+        call = self._stub.ModelStreamInfer(requests(), **self._call_options(timeout))
         try:
             with _calls.mapped_errors():
                 for response in call:

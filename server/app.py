@@ -12,11 +12,13 @@ from grpc_health.v1 import health_pb2
 from torchwire.client._proto import grpc_service_pb2 as pb
 
 from .core import InferenceCore
+from .limits import Gate, Limits
 from .observability.logs import AccessLog
 from .observability.metrics import MetricsServer
 from .observability.tracing import Tracing, configure_exporter
 from .registry import Registry
 from .rpc import reflection
+from .rpc.auth import TokenAuth, read_tokens
 from .rpc.handlers import service_handler
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
@@ -44,7 +46,13 @@ class App:
             require_all=settings.readiness == "all",
         )
         self.registry.on_change = self._update_health
-        self.core = InferenceCore(self.registry, explicit=settings.model_control_mode == "explicit")
+        self.core = InferenceCore(
+            self.registry,
+            explicit=settings.model_control_mode == "explicit",
+            limits=Limits(
+                settings.max_message_bytes, settings.max_tensor_elements, settings.max_request_rows
+            ),
+        )
         self.health = Health()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -56,7 +64,8 @@ class App:
     def _server_options(self) -> list[tuple[str, int]]:
         settings = self.settings
         options = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            # gRPC itself stops at twice the limit; up to there our own check answers, naming the setting.
+            ("grpc.max_receive_message_length", min(2 * settings.max_message_bytes, 2**31 - 1)),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             # Clients may keep long streams alive with pings every 10 s or more.
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -69,18 +78,51 @@ class App:
             ]
         return options
 
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        settings = self.settings
+        if settings.auth_token_file is None:
+            return []
+        return [
+            TokenAuth(
+                read_tokens(settings.auth_token_file),
+                protect_health=settings.auth_health,
+                protect_reflection=settings.auth_reflection,
+            )
+        ]
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        settings = self.settings
+        if settings.tls_cert is None or settings.tls_key is None:
+            return None
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+        return grpc.ssl_server_credentials(
+            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
     def _build_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(options=self._server_options())
+        server = grpc.aio.server(options=self._server_options(), interceptors=self._interceptors())
         servicer = InferenceServicer(
             self.core,
             self.settings.stream_max_in_flight,
             Tracing(self.settings.trace),
             AccessLog(self.settings.access_log_sample),
+            Gate(self.settings.max_streams, "max_streams", "streams"),
         )
+        size = self.settings.max_message_bytes
+        rpcs = Gate(self.settings.max_concurrent_rpcs, "max_concurrent_rpcs", "inference RPCs")
         server.add_generic_rpc_handlers(
             (
-                service_handler(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], servicer),
-                service_handler(health_pb2.DESCRIPTOR.services_by_name["Health"], self.health.servicer),
+                service_handler(
+                    pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+                    servicer,
+                    max_bytes=size,
+                    gate=rpcs,
+                ),
+                service_handler(
+                    health_pb2.DESCRIPTOR.services_by_name["Health"], self.health.servicer, max_bytes=size
+                ),
             )
         )
         if self.settings.reflection:
@@ -90,7 +132,11 @@ class App:
     async def start(self) -> int:
         """Listen at once (health says NOT_SERVING), then load the repository in the background."""
         server = self._build_server()
-        self.port = server.add_insecure_port(self.settings.address)
+        credentials = self._credentials()
+        if credentials is None:
+            self.port = server.add_insecure_port(self.settings.address)
+        else:
+            self.port = server.add_secure_port(self.settings.address, credentials)
         await server.start()
         self._server = server
         await self.health.start()
@@ -100,7 +146,13 @@ class App:
             self.metrics = MetricsServer(self.core, self.settings.host, max(self.settings.metrics_port, 0))
             metrics_port = self.metrics.start(asyncio.get_running_loop())
             log.info("metrics on http://%s:%d/metrics", self.settings.host, metrics_port)
-        log.info("listening on %s:%d (repository %s)", self.settings.host, self.port, self.repository)
+        log.info(
+            "listening on %s:%d (%s; repository %s)",
+            self.settings.host,
+            self.port,
+            "mutual TLS" if self.settings.tls_client_ca else "TLS" if credentials else "plaintext",
+            self.repository,
+        )
         self._loading = asyncio.get_running_loop().create_task(self._load())
         return self.port
 

@@ -6,6 +6,7 @@ the tensor and what was expected, as InvalidRequest.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +17,11 @@ from torchwire.client import _codec
 from torchwire.client._proto import grpc_service_pb2 as pb
 
 from .errors import InvalidRequest, Unsupported
+from .limits import Limits
 from .repository import ModelSpec, TensorSpec
 
 Array = npt.NDArray[Any]
+DEFAULT_LIMITS = Limits()
 _SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
@@ -96,7 +99,9 @@ def _requested_outputs(request: pb.ModelInferRequest, spec: ModelSpec) -> tuple[
     return tuple(indices)
 
 
-def decode_request(request: pb.ModelInferRequest, spec: ModelSpec) -> Decoded:
+def decode_request(
+    request: pb.ModelInferRequest, spec: ModelSpec, limits: Limits = DEFAULT_LIMITS
+) -> Decoded:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidRequest(
@@ -122,6 +127,10 @@ def decode_request(request: pb.ModelInferRequest, spec: ModelSpec) -> Decoded:
             )
         shape = tuple(tensor.shape)
         these_rows = _check_shape(spec, t, shape)
+        if spec.max_batch_size > 0:
+            limits.check_rows(t.name, these_rows)
+        if all(d >= 0 for d in shape):
+            limits.check_elements(t.name, math.prod(shape))
         if rows is not None and these_rows != rows:
             raise InvalidRequest(
                 f"input '{t.name}': batch dimension {these_rows} differs from the other inputs' {rows}"
@@ -158,7 +167,10 @@ def encode_response(
     version: int,
     outputs: list[Array],
     selected: tuple[int, ...],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> pb.ModelInferResponse:
+    size = sum(outputs[index].nbytes for index in selected)
+    limits.check_response(size)
     response = pb.ModelInferResponse(model_name=spec.name, model_version=str(version), id=request.id)
     for index in selected:
         t = spec.outputs[index]

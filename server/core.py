@@ -19,6 +19,7 @@ from . import errors
 from .batching import Completed
 from .codec import decode_request, encode_response
 from .errors import InvalidRequest, NotAllowed, TorchwireError, Unsupported
+from .limits import Limits
 from .observability.statistics import Duration, ModelStatistics
 from .registry import Registry, State
 
@@ -32,6 +33,7 @@ FAILURE_REASONS: dict[type[TorchwireError], str] = {
     errors.InvalidRequest: "invalid_input",
     errors.Unsupported: "invalid_input",
     errors.QueueFull: "rejected",
+    errors.LimitExceeded: "rejected",
     errors.DeadlineExpired: "timeout",
     errors.ModelExecutionError: "model_error",
     errors.ModelUnavailable: "unavailable",
@@ -46,8 +48,9 @@ def _version() -> str:
 
 
 class InferenceCore:
-    def __init__(self, registry: Registry, *, explicit: bool = False) -> None:
+    def __init__(self, registry: Registry, *, explicit: bool = False, limits: Limits | None = None) -> None:
         self.registry = registry
+        self.limits = limits or Limits()
         self._explicit = explicit
         self.unknown_model_requests = 0  # no model to count them under (their names are not labels)
         self._server_metadata = pb.ServerMetadataResponse(
@@ -138,12 +141,12 @@ class InferenceCore:
         start = time.monotonic_ns()
         failure: str | None = "internal"
         try:
-            decoded = decode_request(request, served.spec)
+            decoded = decode_request(request, served.spec, self.limits)
             completed = await served.scheduler.submit(
                 decoded.inputs, decoded.rows, priority=decoded.priority, timeout_s=decoded.timeout_s
             )
             response = encode_response(
-                request, served.spec, served.version, completed.outputs, decoded.outputs
+                request, served.spec, served.version, completed.outputs, decoded.outputs, self.limits
             )
             failure = None
             if on_timing is not None:

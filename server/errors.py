@@ -5,6 +5,7 @@ TorchwireError
  ├─ ModelUnavailable     the model exists but is not ready (failed to load, loading, unloading)
  ├─ InvalidRequest       the request does not fit the model's inputs, outputs or parameters
  ├─ QueueFull            the model's queue is at its limit
+ ├─ LimitExceeded        a server-wide limit (message size, concurrent RPCs, streams) is reached
  ├─ DeadlineExpired      the request's deadline or timeout passed before it ran
  ├─ ModelExecutionError  the model raised, or returned outputs that do not fit its config
  ├─ Unsupported          a protocol feature torchwire does not offer
@@ -32,6 +33,10 @@ class InvalidRequest(TorchwireError):
 
 
 class QueueFull(TorchwireError):
+    pass
+
+
+class LimitExceeded(TorchwireError):
     pass
 
 

@@ -61,6 +61,24 @@ class Settings:
         "among a model's instances; a model's INTRA_OP_THREAD_COUNT parameter overrides)",
     )
     reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl)")
+    tls_cert: Path | None = _opt(None, "PEM server certificate (chain): serve TLS instead of plaintext")
+    tls_key: Path | None = _opt(None, "PEM private key of --tls-cert")
+    tls_client_ca: Path | None = _opt(
+        None, "PEM CA bundle: require client certificates signed by it (mutual TLS)"
+    )
+    auth_token_file: Path | None = _opt(
+        None, "file of accepted bearer tokens, one per line: calls need `authorization: Bearer <token>`"
+    )
+    auth_health: bool = _opt(False, "require the token for grpc.health.v1 too (Kubernetes probes send none)")
+    auth_reflection: bool = _opt(True, "require the token for server reflection")
+    max_concurrent_rpcs: int = _opt(
+        0, "inference RPCs handled at once; more get RESOURCE_EXHAUSTED (0: no limit)"
+    )
+    max_streams: int = _opt(0, "ModelStreamInfer streams open at once (0: no limit)")
+    max_tensor_elements: int = _opt(2**26, "elements one input tensor may have")
+    max_request_rows: int = _opt(
+        0, "rows (batch dimension) one request may carry, beside max_batch_size (0: off)"
+    )
     metrics_port: int = _opt(8002, "HTTP port of Prometheus /metrics (0: off; -1: any free port)")
     trace: bool = _opt(False, "OpenTelemetry spans per RPC, with queue and compute children")
     trace_exporter: Literal["none", "console", "otlp"] = _opt(
@@ -104,6 +122,19 @@ class Settings:
                 raise ValueError(
                     f"{name} must be one of {typing.get_args(allowed)}, got {getattr(self, name)!r}"
                 )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a file")
+        for name in ("max_concurrent_rpcs", "max_streams", "max_request_rows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_tensor_elements < 1:
+            raise ValueError(f"max_tensor_elements must be >= 1, got {self.max_tensor_elements}")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be -1..65535, got {self.metrics_port}")
         if not 0.0 <= self.access_log_sample <= 1.0:

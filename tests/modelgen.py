@@ -121,3 +121,10 @@ def add_version(
     else:
         (staging / "model.pt").write_bytes(content)
     staging.rename(repo / name / str(version))
+
+
+class Expand(torch.nn.Module):
+    """OUTPUT__0 repeats INPUT__0 64 times: a small request with a large response."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(1, 64)

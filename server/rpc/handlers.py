@@ -17,30 +17,51 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from ..errors import LimitExceeded
+from ..limits import Gate, setting_name
+
 
 class Undecodable:
-    """Stands in for a request whose bytes are not a valid message of the expected type."""
+    """Stands in for a request that is not a valid message of the expected type, or is too large."""
 
-    def __init__(self, type_name: str, error: Exception) -> None:
-        self.message = f"request is not a valid {type_name} message: {error}"
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> None:
+        self.message = message
+        self.code = code
 
 
-def _parser(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+def _parser(cls: type[Message], max_bytes: int) -> Callable[[bytes], Message | Undecodable]:
+    name = cls.DESCRIPTOR.full_name
+
     def parse(data: bytes) -> Message | Undecodable:
+        if len(data) > max_bytes:
+            return Undecodable(
+                f"{name} of {len(data)} bytes is over the limit of {max_bytes} set by "
+                f"{setting_name('max_message_bytes')}",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
         try:
             return cls.FromString(data)
         except (DecodeError, RuntimeError, ValueError) as exc:
-            return Undecodable(cls.DESCRIPTOR.full_name, exc)
+            return Undecodable(f"request is not a valid {name} message: {exc}")
 
     return parse
 
 
-def _guard_unary(behavior: Any) -> Any:
+def _guard_unary(behavior: Any, gate: Gate | None) -> Any:
     @functools.wraps(behavior)
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        return await behavior(request, context)
+            await context.abort(request.code, request.message)
+        if gate is None:
+            return await behavior(request, context)
+        try:
+            gate.enter()
+        except LimitExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
+            return await behavior(request, context)
+        finally:
+            gate.exit()
 
     return handler
 
@@ -49,15 +70,17 @@ def _guard_unary_stream(behavior: Any) -> Any:
     @functools.wraps(behavior)
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            await context.abort(request.code, request.message)
         async for response in behavior(request, context):
             yield response
 
     return handler
 
 
-def _method_handler(method: MethodDescriptor, servicer: Any) -> grpc.RpcMethodHandler:
-    parse = _parser(message_factory.GetMessageClass(method.input_type))
+def _method_handler(
+    method: MethodDescriptor, servicer: Any, max_bytes: int, gate: Gate | None
+) -> grpc.RpcMethodHandler:
+    parse = _parser(message_factory.GetMessageClass(method.input_type), max_bytes)
     serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
     behavior = getattr(servicer, method.name)
     if method.client_streaming and method.server_streaming:
@@ -66,10 +89,13 @@ def _method_handler(method: MethodDescriptor, servicer: Any) -> grpc.RpcMethodHa
         return grpc.stream_unary_rpc_method_handler(behavior, parse, serialize)
     if method.server_streaming:
         return grpc.unary_stream_rpc_method_handler(_guard_unary_stream(behavior), parse, serialize)
-    return grpc.unary_unary_rpc_method_handler(_guard_unary(behavior), parse, serialize)
+    return grpc.unary_unary_rpc_method_handler(_guard_unary(behavior, gate), parse, serialize)
 
 
-def service_handler(service: ServiceDescriptor, servicer: Any) -> grpc.GenericRpcHandler:
-    """Every method of `service`, served by the same-named method of `servicer`."""
-    handlers = {method.name: _method_handler(method, servicer) for method in service.methods}
+def service_handler(
+    service: ServiceDescriptor, servicer: Any, *, max_bytes: int, gate: Gate | None = None
+) -> grpc.GenericRpcHandler:
+    """Every method of `service`, served by the same-named method of `servicer`; unary calls count
+    against `gate` (concurrent RPCs) when given."""
+    handlers = {method.name: _method_handler(method, servicer, max_bytes, gate) for method in service.methods}
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

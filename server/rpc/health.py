@@ -15,6 +15,7 @@ from torchwire.client._proto import grpc_service_pb2 as pb
 LIVENESS = "liveness"
 READINESS = "readiness"
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 READINESS_NAMES = (READINESS, "", INFERENCE_SERVICE)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

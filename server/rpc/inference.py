@@ -14,6 +14,8 @@ from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from ..core import InferenceCore
+from ..errors import LimitExceeded
+from ..limits import Gate
 from ..observability.logs import AccessLog
 from ..observability.tracing import Tracing
 from .status import mapped, status_of
@@ -39,7 +41,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream_max_in_flight: int,
         tracing: Tracing | None = None,
         access_log: AccessLog | None = None,
+        streams: Gate | None = None,
     ) -> None:
+        self._streams = streams or Gate(0, "max_streams", "streams")
         self._core = core
         self._stream_max_in_flight = stream_max_in_flight
         self._tracing = tracing or Tracing(enabled=False)
@@ -124,8 +128,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        async for response in serve_stream(self._core, request_iterator, self._stream_max_in_flight):
-            yield response
+        try:
+            self._streams.enter()
+        except LimitExceeded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
+            async for response in serve_stream(self._core, request_iterator, self._stream_max_in_flight):
+                yield response
+        finally:
+            self._streams.exit()
 
     SystemSharedMemoryStatus = _not_yet("SystemSharedMemoryStatus")
     SystemSharedMemoryRegister = _not_yet("SystemSharedMemoryRegister")

@@ -19,6 +19,7 @@ STATUS: Final[dict[type[errors.TorchwireError], grpc.StatusCode]] = {
     errors.ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ModelExecutionError: grpc.StatusCode.INTERNAL,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,

@@ -27,7 +27,7 @@ async def _answer(
 ) -> pb.ModelStreamInferResponse:
     if isinstance(request, Undecodable):
         response = pb.ModelStreamInferResponse(error_message=request.message)
-        response.infer_response.parameters["status_code"].string_param = "INVALID_ARGUMENT"
+        response.infer_response.parameters["status_code"].string_param = request.code.name
         return response
     try:
         response = pb.ModelStreamInferResponse(infer_response=await core.infer(request))
