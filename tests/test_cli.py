@@ -73,3 +73,9 @@ def test_serve_logs_address_and_models_then_stops_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for field in Settings.__dataclass_fields__:
+        assert f"`TORCHWIRE_{field.upper()}`" in readme, field
