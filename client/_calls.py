@@ -224,6 +224,42 @@ def channel_target(target: str | Sequence[str]) -> str:
     return f"{scheme}:" + ",".join(addresses)
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelPlan:
+    """Everything both clients need to open their channel, worked out once without I/O."""
+
+    target: str
+    options: list[tuple[str, Any]]
+    credentials: grpc.ChannelCredentials | None
+    metadata: tuple[tuple[str, str], ...] | None
+
+
+def plan_channel(
+    target: str | Sequence[str],
+    *,
+    max_message_bytes: int,
+    credentials: grpc.ChannelCredentials | None,
+    tls_ca: str | Path | None,
+    tls_cert: str | Path | None,
+    tls_key: str | Path | None,
+    token: str | None,
+    retries: int,
+    round_robin: bool,
+    keepalive_s: float | None,
+    options: Sequence[tuple[str, Any]],
+) -> ChannelPlan:
+    if credentials is None and (tls_ca or tls_cert or tls_key):
+        credentials = tls_credentials(tls_ca, tls_cert, tls_key)
+    return ChannelPlan(
+        channel_target(target),
+        channel_options(
+            max_message_bytes, options, retries=retries, round_robin=round_robin, keepalive_s=keepalive_s
+        ),
+        credentials,
+        auth_metadata(token),
+    )
+
+
 def tls_credentials(
     ca: str | Path | None, cert: str | Path | None, key: str | Path | None
 ) -> grpc.ChannelCredentials:

@@ -44,17 +44,24 @@ class Client:
         keepalive_s: float | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        opts = _calls.channel_options(
-            max_message_bytes, options, retries=retries, round_robin=round_robin, keepalive_s=keepalive_s
+        plan = _calls.plan_channel(
+            target,
+            max_message_bytes=max_message_bytes,
+            credentials=credentials,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            token=token,
+            retries=retries,
+            round_robin=round_robin,
+            keepalive_s=keepalive_s,
+            options=options,
         )
-        target = _calls.channel_target(target)
-        if credentials is None and (tls_ca or tls_cert or tls_key):
-            credentials = _calls.tls_credentials(tls_ca, tls_cert, tls_key)
-        self._metadata = _calls.auth_metadata(token)
+        self._metadata = plan.metadata
         self._channel = (
-            grpc.secure_channel(target, credentials, opts)
-            if credentials is not None
-            else grpc.insecure_channel(target, opts)
+            grpc.secure_channel(plan.target, plan.credentials, plan.options)
+            if plan.credentials is not None
+            else grpc.insecure_channel(plan.target, plan.options)
         )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._timeout = timeout

@@ -6,14 +6,24 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from torchwire.server import App, Settings
 
-START_TIMEOUT_S = 120.0  # a busy 2-core CI machine loading torch models can be slow
+START_TIMEOUT_S = 120.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll a condition with a generous bound (CI is a busy 2-core machine); say what never happened."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.005)  # a busy 2-core CI machine loading torch models can be slow
 
 
 class RunningServer:
