@@ -82,15 +82,15 @@ def test_load_generator_validates_and_counts(bare_target: str) -> None:
     load = workload.build(SIMPLE, 8, 2)
     with WorkerPool(2) as pool:
         for streaming in (False, True):
-            pool.connect(bare_target, load.request, load.expected_outputs(), streaming)
-            pool.start(3, time.monotonic() + 0.1, 0.1, 0.3)
+            pool.connect("bare", bare_target, load.request, load.expected_outputs(), streaming)
+            pool.start("bare", 3, time.monotonic() + 0.1, 0.1, 0.3)
             sample = pool.collect()
             assert sample.errors == {} and sample.problem is None
             assert sample.latencies_ns.size > 0 and sample.latencies_ns.min() > 0
         # Expecting a shape the server does not send: sampled responses are flagged, not counted.
         wrong = [{**o, "shape": [2, 17]} for o in load.expected_outputs()]
-        pool.connect(bare_target, load.request, wrong, False)
-        pool.start(1, time.monotonic() + 0.1, 0.0, 0.3)
+        pool.connect("wrong", bare_target, load.request, wrong, False)
+        pool.start("wrong", 1, time.monotonic() + 0.1, 0.0, 0.3)
         sample = pool.collect()
         assert sample.errors.get("INVALID_RESPONSE", 0) >= 1
         assert sample.problem is not None and "[2, 17]" in sample.problem
@@ -105,7 +105,7 @@ def _unary_only_server() -> tuple[grpc.Server, str]:
     handler = grpc.method_handlers_generic_handler(
         "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}
     )
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2), handlers=(handler,))
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, f"127.0.0.1:{port}"
@@ -116,8 +116,8 @@ def test_streaming_unimplemented_is_a_load_error() -> None:
     load = workload.build(SIMPLE, 8, 1)
     try:
         with WorkerPool(1) as pool:
-            pool.connect(target, load.request, load.expected_outputs(), True)
-            pool.start(2, time.monotonic() + 0.1, 0.0, 0.5)
+            pool.connect("old", target, load.request, load.expected_outputs(), True)
+            pool.start("old", 2, time.monotonic() + 0.1, 0.0, 0.5)
             with pytest.raises(LoadError) as caught:
                 pool.collect()
     finally:

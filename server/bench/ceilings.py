@@ -73,7 +73,7 @@ def measure(
 
     spec = local.spec
     batched = spec.max_batch_size > 0
-    module = torch.jit.load(str(local.path), map_location="cpu")
+    module = torch.jit.load(str(local.path), map_location="cpu")  # type: ignore[no-untyped-call]
     module.eval()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # restored below: the caller's process keeps its own setting

@@ -1,9 +1,10 @@
 """`torchwire bench`: a closed-loop concurrency sweep against torchwire and its two ceilings.
 
-One run measures, in order, each on a quiet machine (one thing at a time shares the cores):
-1. torchwire (`torchwire serve` started as a subprocess, or --target), per concurrency level;
-2. the bare grpc server (benchmarks/bare_server.py) with the same load generator and levels;
-3. the model in-process, at the batch size torchwire formed at each level.
+One run measures, one thing at a time so that each has the cores to itself:
+1. each concurrency level against torchwire (`torchwire serve` started as a subprocess, or
+   --target), then at once against the bare grpc server (benchmarks/bare_server.py) with the same
+   load generator;
+2. with both servers stopped, the model in-process at the batch size torchwire formed per level.
 It prints torchwire's figures as ratios to both, and writes JSON, CSV and a PNG plot.
 """
 
@@ -34,6 +35,8 @@ from .results import Level, Measured, Run, summarize
 
 START_MARGIN_S = 0.1  # from sending a level's command to its workers to its first request
 INPROCESS_MAX_S = 2.0  # the model alone is steady: this long per batch size is plenty
+TORCHWIRE = "torchwire"  # the targets' names, in the load generator and in the output
+BARE = "bare"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNIMPLEMENTED = 3
@@ -174,26 +177,30 @@ def _interrupt(signum: int, frame: object) -> None:
 def execute(options: Options, console: Console) -> int:
     notes: list[str] = []
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    with WorkerPool(options.workers) as pool, _progress(console) as progress:
-        with contextlib.ExitStack() as server:
-            if options.target is None:
-                console.print(f"starting torchwire serve ({options.repository or 'bundled models'}) ...")
-                target = server.enter_context(
-                    processes.torchwire_server(
-                        options.repository, torch_threads=options.torch_threads, timeout=options.start_timeout
-                    )
+    # Exit order: servers first (SIGTERM, then kill), then the progress bar and the workers.
+    with (
+        WorkerPool(options.workers) as pool,
+        _progress(console) as progress,
+        contextlib.ExitStack() as servers,
+    ):
+        if options.target is None:
+            console.print(f"starting torchwire serve ({options.repository or 'bundled models'}) ...")
+            target = servers.enter_context(
+                processes.torchwire_server(
+                    options.repository, torch_threads=options.torch_threads, timeout=options.start_timeout
                 )
-            else:
-                target = options.target
-                processes.wait_serving(target, options.start_timeout)
-            load = _workload(target, options)
-            pool.connect(target, load.request, load.expected_outputs(), options.streaming)
-            with StatisticsProbe(target, options.model) as probe:
-                measured = sweep(pool, "torchwire", options, progress, probe)
-                if probe.unavailable:
-                    notes.append(f"mean batch size n/a: {probe.unavailable}")
-        # The server is stopped here: the ceilings below get the machine to themselves.
-        bare = _bare_sweep(pool, load, options, progress, notes)
+            )
+        else:
+            target = options.target
+            processes.wait_serving(target, options.start_timeout)
+        load = _workload(target, options)
+        pool.connect(TORCHWIRE, target, load.request, load.expected_outputs(), options.streaming)
+        has_bare = _start_bare(servers, pool, load, options, notes)
+        with StatisticsProbe(target, options.model) as probe:
+            measured, bare = sweep(pool, options, progress, probe, has_bare)
+            if probe.unavailable:
+                notes.append(f"mean batch size n/a: {probe.unavailable}")
+    # Both servers are stopped here: the model gets the machine to itself.
     inprocess, batch_from = _inprocess(load, measured, options, notes, console)
     rows = load.batch or 1
     run = Run(
@@ -211,7 +218,7 @@ def execute(options: Options, console: Console) -> int:
                 torchwire=tw,
                 bare=bare[index] if bare else None,
                 inprocess=inprocess[index] if inprocess else None,
-                inprocess_batch_from=batch_from,
+                inprocess_batch_from=batch_from[index] if batch_from else None,
                 rows_per_request=rows,
             )
         )
@@ -248,27 +255,47 @@ def _workload(target: str, options: Options) -> workload.Workload:
 
 
 def sweep(
-    pool: WorkerPool, label: str, options: Options, progress: Progress, probe: StatisticsProbe | None
-) -> list[Measured]:
-    """Every concurrency level against the pool's current target, one after another."""
-    results: list[Measured] = []
+    pool: WorkerPool, options: Options, progress: Progress, probe: StatisticsProbe, has_bare: bool
+) -> tuple[list[Measured], list[Measured] | None]:
+    """Each concurrency level against torchwire, then at once against the bare server.
+
+    Alternating level by level, rather than sweeping one server and then the other, keeps each
+    ratio's two halves seconds apart: a shared machine drifts by tens of percent over minutes.
+    The idle server meanwhile costs nothing measurable.
+    """
+    measured: list[Measured] = []
+    bare: list[Measured] = []
     for concurrency in options.concurrency:
-        task = progress.add_task(f"{label} c={concurrency}", total=options.warmup + options.duration)
-        start_at = time.monotonic() + START_MARGIN_S
-        pool.start(concurrency, start_at, options.warmup, options.duration)
-        measure_from = start_at + options.warmup
-        measure_to = measure_from + options.duration
-        _wait_until(measure_from, start_at, progress, task)
-        before = probe.snapshot() if probe else None
-        _wait_until(measure_to, start_at, progress, task)
-        after = probe.snapshot() if probe else None
-        measured = summarize(pool.collect(), mean_batch_size(before, after))
-        progress.remove_task(task)
-        progress.console.print(report.level_line(label, measured), soft_wrap=True)
-        if measured.problem:
-            progress.console.print(f"  invalid response: {measured.problem}", style="red")
-        results.append(measured)
-    return results
+        measured.append(_level(pool, TORCHWIRE, concurrency, options, progress, probe))
+        if has_bare:
+            bare.append(_level(pool, BARE, concurrency, options, progress, None))
+    return measured, (bare if has_bare else None)
+
+
+def _level(
+    pool: WorkerPool,
+    name: str,
+    concurrency: int,
+    options: Options,
+    progress: Progress,
+    probe: StatisticsProbe | None,
+) -> Measured:
+    task = progress.add_task(f"{name} c={concurrency}", total=options.warmup + options.duration)
+    start_at = time.monotonic() + START_MARGIN_S
+    pool.start(name, concurrency, start_at, options.warmup, options.duration)
+    measure_from = start_at + options.warmup
+    measure_to = measure_from + options.duration
+    # Statistics are read at the window's edges, so warmup batches do not count.
+    _wait_until(measure_from, start_at, progress, task)
+    before = probe.snapshot() if probe else None
+    _wait_until(measure_to, start_at, progress, task)
+    after = probe.snapshot() if probe else None
+    measured = summarize(pool.collect(), mean_batch_size(before, after))
+    progress.remove_task(task)
+    progress.console.print(report.level_line(name, measured), soft_wrap=True)
+    if measured.problem:
+        progress.console.print(f"  invalid response: {measured.problem}", style="red")
+    return measured
 
 
 def _wait_until(when: float, start_at: float, progress: Progress, task: TaskID) -> None:
@@ -277,18 +304,24 @@ def _wait_until(when: float, start_at: float, progress: Progress, task: TaskID) 
         time.sleep(min(0.25, when - now))
 
 
-def _bare_sweep(
-    pool: WorkerPool, load: workload.Workload, options: Options, progress: Progress, notes: list[str]
-) -> list[Measured] | None:
+def _start_bare(
+    servers: contextlib.ExitStack,
+    pool: WorkerPool,
+    load: workload.Workload,
+    options: Options,
+    notes: list[str],
+) -> bool:
+    """The bare server, started for the whole sweep; False when this is not a checkout."""
     script = processes.bare_server_script()
     if script is None:
         notes.append("bare server ceiling skipped: benchmarks/bare_server.py is not here (installed wheel)")
-        return None
+        return False
     if options.target is not None and not options.target.startswith(("127.", "localhost", "[::1]")):
         notes.append(f"the bare server runs on this machine; {options.target} may not: compare with care")
-    with processes.bare_server(script, load.output_specs()) as target:
-        pool.connect(target, load.request, load.expected_outputs(), options.streaming)
-        return sweep(pool, "bare", options, progress, None)
+    streams = options.workers if options.streaming else 0
+    target = servers.enter_context(processes.bare_server(script, load.output_specs(), streams=streams))
+    pool.connect(BARE, target, load.request, load.expected_outputs(), options.streaming)
+    return True
 
 
 def _inprocess(
@@ -297,7 +330,7 @@ def _inprocess(
     options: Options,
     notes: list[str],
     console: Console,
-) -> tuple[list[ceilings.InProcess] | None, str | None]:
+) -> tuple[list[ceilings.InProcess] | None, list[str] | None]:
     repository = options.repository
     if repository is None and options.target is None:
         from torchwire.server.app import bundled_repository
@@ -310,10 +343,9 @@ def _inprocess(
     if local is None:
         notes.append(f"in-process ceiling skipped: no model file for '{options.model}' under {repository}")
         return None, None
-    known = all(m.mean_batch_size is not None for m in measured)
-    batch_from = "server" if known else "request"
-    if not known:
-        notes.append("in-process ceiling measured at the request's batch size: the formed one is n/a")
+    sources = ["server" if m.mean_batch_size is not None else "request" for m in measured]
+    if "request" in sources:
+        notes.append("in-process ceiling measured at the request's batch size where the formed one is n/a")
     batches = [
         max(1, round(m.mean_batch_size)) if m.mean_batch_size is not None else max(1, load.batch)
         for m in measured
@@ -328,7 +360,7 @@ def _inprocess(
     )
     seconds = min(options.duration, INPROCESS_MAX_S)
     by_batch = ceilings.measure(local, load.inputs, batches, threads=threads, seconds=seconds)
-    return [by_batch[b] for b in batches], batch_from
+    return [by_batch[b] for b in batches], sources
 
 
 def _settings(options: Options) -> dict[str, Any]:

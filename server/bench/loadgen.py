@@ -2,7 +2,8 @@
 
 Each worker is a separate Python process (this file run as a script), so the load never shares a
 GIL with the server or with the parent's progress bar. Workers talk to the parent over JSON lines on
-stdin/stdout: `connect` (a target and the pre-serialized request), then one `run` per level.
+stdin/stdout: `connect` (a named target and the pre-serialized request, once per target), then
+one `run` per level, naming its target.
 
 Per request the worker does as little as Python gRPC allows: the request is serialized once and
 sent as bytes through a generic `unary_unary` with no (de)serializers, and only a sample of the
@@ -145,7 +146,7 @@ class UnaryLoop:
 
     def __init__(
         self,
-        call: grpc.UnaryUnaryMultiCallable,
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes],
         request: bytes,
         concurrency: int,
         window: Window,
@@ -239,7 +240,7 @@ class StreamLoop:
 
     def __init__(
         self,
-        call: grpc.StreamStreamMultiCallable,
+        call: grpc.StreamStreamMultiCallable[bytes, bytes],
         request: bytes,
         concurrency: int,
         window: Window,
@@ -335,37 +336,49 @@ def _slot_of(message: pb.ModelStreamInferResponse, in_flight: dict[int, int]) ->
     return min(in_flight, key=in_flight.__getitem__)
 
 
+@dataclass(slots=True)
+class Connection:
+    """One target a worker can load: its channel, the request to send and how to check answers."""
+
+    channel: grpc.Channel
+    request: bytes
+    validator: Validator
+    streaming: bool
+
+
 class Worker:
+    """Holds a connection per named target, so levels can alternate between targets cheaply."""
+
     def __init__(self) -> None:
-        self._channel: grpc.Channel | None = None
-        self._request = b""
-        self._validator = Validator([])
-        self._streaming = False
+        self._connections: dict[str, Connection] = {}
 
     def connect(self, command: dict[str, Any]) -> dict[str, Any]:
-        if self._channel is not None:
-            self._channel.close()
-        self._channel = grpc.insecure_channel(command["target"], options=CHANNEL_OPTIONS)
-        grpc.channel_ready_future(self._channel).result(timeout=command.get("timeout", 30.0))
-        self._request = base64.b64decode(command["request"])
-        self._validator = Validator(command["outputs"])
-        self._streaming = bool(command["streaming"])
+        old = self._connections.pop(command["name"], None)
+        if old is not None:
+            old.channel.close()
+        channel = grpc.insecure_channel(command["target"], options=CHANNEL_OPTIONS)
+        grpc.channel_ready_future(channel).result(timeout=command.get("timeout", 30.0))
+        self._connections[command["name"]] = Connection(
+            channel,
+            base64.b64decode(command["request"]),
+            Validator(command["outputs"]),
+            bool(command["streaming"]),
+        )
         return {"connected": True}
 
     def run(self, command: dict[str, Any]) -> dict[str, Any]:
-        assert self._channel is not None, "connect first"
+        connection = self._connections[command["name"]]
         window = Window.from_monotonic(command["start_at"], command["warmup"], command["duration"])
         concurrency = int(command["concurrency"])
         if concurrency == 0:
             return Tally().reply()
-        if self._streaming:
-            stream = self._channel.stream_stream(
-                STREAM_INFER, request_serializer=None, response_deserializer=None
-            )
-            tally = StreamLoop(stream, self._request, concurrency, window, self._validator).run()
+        channel, request, validator = connection.channel, connection.request, connection.validator
+        if connection.streaming:
+            stream = channel.stream_stream(STREAM_INFER, request_serializer=None, response_deserializer=None)
+            tally = StreamLoop(stream, request, concurrency, window, validator).run()
         else:
-            unary = self._channel.unary_unary(INFER, request_serializer=None, response_deserializer=None)
-            tally = UnaryLoop(unary, self._request, concurrency, window, self._validator).run()
+            unary = channel.unary_unary(INFER, request_serializer=None, response_deserializer=None)
+            tally = UnaryLoop(unary, request, concurrency, window, validator).run()
         return tally.reply()
 
 
@@ -470,9 +483,13 @@ class WorkerPool:
             raise LoadError(reply["fatal"], reply["message"])
         return reply
 
-    def connect(self, target: str, request: bytes, outputs: list[dict[str, Any]], streaming: bool) -> None:
+    def connect(
+        self, name: str, target: str, request: bytes, outputs: list[dict[str, Any]], streaming: bool
+    ) -> None:
+        """Every worker opens a channel to `target`, known by `name` to `start`, and waits until ready."""
         command = {
             "op": "connect",
+            "name": name,
             "target": target,
             "request": base64.b64encode(request).decode("ascii"),
             "outputs": outputs,
@@ -483,14 +500,18 @@ class WorkerPool:
         for index in range(len(self._procs)):
             self._receive(index)
 
-    def start(self, concurrency: int, start_at: float, warmup: float, duration: float) -> None:
-        """Every worker starts its share at `start_at` (time.monotonic()); call `collect` next."""
+    def start(self, name: str, concurrency: int, start_at: float, warmup: float, duration: float) -> None:
+        """Every worker loads target `name` with its share from `start_at` (time.monotonic()).
+
+        Call `collect` next for the results.
+        """
         self._level = (concurrency, duration)
         for proc, share in zip(self._procs, split(concurrency, len(self._procs)), strict=True):
             self._send(
                 proc,
                 {
                     "op": "run",
+                    "name": name,
                     "concurrency": share,
                     "start_at": start_at,
                     "warmup": warmup,

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 STOP_TIMEOUT_S = 15.0  # SIGTERM first (torchwire drains), kill after this
 READINESS = "readiness"  # torchwire's health service name for "models loaded"
+BARE_UNARY_THREADS = 4  # bare_server.py's default --threads
 
 
 class StartError(RuntimeError):
@@ -116,9 +117,17 @@ def torchwire_server(repository: Path | None, *, torch_threads: int | None, time
 
 
 @contextlib.contextmanager
-def bare_server(script: Path, outputs: Sequence[str], *, timeout: float = 30.0) -> Iterator[str]:
-    """benchmarks/bare_server.py answering with `outputs` (NAME:DATATYPE:DIMS); yields its target."""
+def bare_server(
+    script: Path, outputs: Sequence[str], *, streams: int = 0, timeout: float = 30.0
+) -> Iterator[str]:
+    """benchmarks/bare_server.py answering with `outputs` (NAME:DATATYPE:DIMS); yields its target.
+
+    `streams`: how many ModelStreamInfer streams will be open at once; a sync grpc server holds a
+    handler thread for each, so its pool gets that many threads more than its unary default.
+    """
     command = [sys.executable, str(script), "--host", "127.0.0.1", "--port", "0", "--outputs", *outputs]
+    if streams:
+        command += ["--threads", str(BARE_UNARY_THREADS + streams)]
     with _managed(command, stdout=subprocess.PIPE) as (proc, log):
         assert proc.stdout is not None
         port = _read_port(proc, proc.stdout, timeout)

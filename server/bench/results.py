@@ -33,11 +33,10 @@ class Measured:
 
 def summarize(sample: Sample, mean_batch_size: float | None) -> Measured:
     latencies_ms = sample.latencies_ns / 1e6
+    p50 = p90 = p99 = mean = None  # no successful request: no latency to report
     if latencies_ms.size:
         p50, p90, p99 = (round(float(v), 4) for v in np.percentile(latencies_ms, [50, 90, 99]))
-        mean: float | None = round(float(latencies_ms.mean()), 4)
-    else:
-        p50 = p90 = p99 = mean = None
+        mean = round(float(latencies_ms.mean()), 4)
     return Measured(
         concurrency=sample.concurrency,
         throughput=round(latencies_ms.size / sample.duration_s, 1),
