@@ -63,12 +63,11 @@ def _names(tensors: Sequence[TensorSpec]) -> str:
 
 def _check_shape(spec: ModelSpec, t: TensorSpec, shape: tuple[int, ...]) -> int:
     """The request's row count for this input, after checking its shape against the config."""
-    expected = spec.wire_shape(t)
     if spec.max_batch_size > 0:
         if not shape or not t.matches(shape[1:]):
             raise InvalidRequest(
-                f"input '{t.name}': shape {list(shape)} does not match the config: expected {expected} "
-                f"(first dimension is the batch)"
+                f"input '{t.name}': shape {list(shape)} does not match the config: "
+                f"expected {spec.wire_shape(t)} (first dimension is the batch)"
             )
         rows = shape[0]
         if not 1 <= rows <= spec.max_batch_size:
@@ -79,14 +78,14 @@ def _check_shape(spec: ModelSpec, t: TensorSpec, shape: tuple[int, ...]) -> int:
         return rows
     if not t.matches(shape):
         raise InvalidRequest(
-            f"input '{t.name}': shape {list(shape)} does not match the config: expected {expected}"
+            f"input '{t.name}': shape {list(shape)} does not match the config: expected {spec.wire_shape(t)}"
         )
     return 1
 
 
 def _requested_outputs(request: pb.ModelInferRequest, spec: ModelSpec) -> tuple[int, ...]:
     if not request.outputs:
-        return tuple(range(len(spec.outputs)))
+        return spec.all_outputs
     indices: list[int] = []
     for wanted in request.outputs:
         index = spec.output_index.get(wanted.name)
@@ -118,7 +117,7 @@ def decode_request(
             )
         if arrays[index] is not None:
             raise InvalidRequest(f"input '{tensor.name}' appears more than once")
-        if any(key in tensor.parameters for key in _SHARED_MEMORY_KEYS):
+        if tensor.parameters and any(key in tensor.parameters for key in _SHARED_MEMORY_KEYS):
             raise Unsupported(f"input '{tensor.name}': shared memory inputs are not supported; send raw data")
         t = spec.inputs[index]
         if tensor.datatype != t.datatype:
@@ -129,7 +128,9 @@ def decode_request(
         these_rows = _check_shape(spec, t, shape)
         if spec.max_batch_size > 0:
             limits.check_rows(t.name, these_rows)
-        if all(d >= 0 for d in shape):
+        if t.row_elements is not None:
+            limits.check_elements(t.name, these_rows * t.row_elements)
+        elif all(d >= 0 for d in shape):
             limits.check_elements(t.name, math.prod(shape))
         if rows is not None and these_rows != rows:
             raise InvalidRequest(
@@ -148,12 +149,12 @@ def decode_request(
                 arrays[index] = _codec.from_contents(t.datatype, shape, tensor.contents, t.name)
         except _codec.CodecError as exc:
             raise InvalidRequest("input " + str(exc).removeprefix("tensor ")) from exc
-    missing = [t for t, a in zip(spec.inputs, arrays, strict=True) if a is None]
-    if missing:
+    if len(request.inputs) != len(spec.inputs):  # no duplicates or strangers got here: some are missing
+        missing = [t for t, a in zip(spec.inputs, arrays, strict=True) if a is None]
         raise InvalidRequest(f"missing input(s) {_names(missing)} for model '{spec.name}'")
     priority, timeout_s = _scheduling(request) if request.parameters else (0, None)
     return Decoded(
-        [a for a in arrays if a is not None],
+        arrays,  # type: ignore[arg-type]  # every slot is filled: checked just above
         rows or 1,
         _requested_outputs(request, spec),
         priority,

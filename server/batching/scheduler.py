@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import DeadlineExpired, InvalidRequest, ModelExecutionError, QueueFull
+from ..errors import DeadlineExpired, InvalidRequest, ModelExecutionError, ModelUnavailable, QueueFull
 from ..observability.statistics import ModelStatistics
 from ..repository import BatchingPolicy, QueuePolicy
 
@@ -90,6 +90,8 @@ class Scheduler:
         self._idle: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._active = 0  # batches computing now, dispatched or run at once by submit
+        self._closed = False
 
     @property
     def queued(self) -> int:
@@ -98,7 +100,7 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return len(self._running)
+        return self._active
 
     def _queue_policy(self, priority: int) -> QueuePolicy:
         return self._policy.queue(priority) if self._policy is not None else _UNBOUNDED
@@ -120,8 +122,10 @@ class Scheduler:
     ) -> Completed:
         """Queue one request (inputs in config order, `rows` in its batch dimension); await its outputs."""
         if self._dispatcher is None:
+            if self._closed:
+                raise ModelUnavailable(f"model '{self._name}': this version has been unloaded")
             self._start()
-        assert self._wakeup is not None
+        assert self._wakeup is not None and self._free is not None
         level = self._level(priority)
         queue_policy = self._queue_policy(level)
         queue = self._levels[level - 1]
@@ -138,6 +142,16 @@ class Scheduler:
         timeout = _effective_timeout(queue_policy, timeout_s)
         if timeout is not None:
             pending.expiry = loop.call_later(timeout, _expire, pending, self._name, timeout)
+        if self._run_now():
+            # An instance is free, nothing waits and waiting for batch-mates does not pay off:
+            # compute right here, without a trip through the dispatcher.
+            await self._free.acquire()  # free, so this does not suspend
+            self._active += 1
+            try:
+                await self._compute([pending])
+            finally:
+                self._finished()
+            return pending.future.result()
         queue.append(pending)
         self._wakeup.set()
         try:
@@ -145,6 +159,24 @@ class Scheduler:
         finally:
             if pending.expiry is not None:
                 pending.expiry.cancel()
+
+    def _run_now(self) -> bool:
+        assert self._free is not None
+        if self._free.locked() or any(self._levels):
+            return False
+        if self._policy is None:
+            return True
+        if self._payoff >= 0.5:
+            return False
+        self._formations += 1
+        return self._formations % _PROBE_EVERY != 0  # now and then, queue anyway to notice load
+
+    def _finished(self) -> None:
+        assert self._free is not None and self._idle is not None
+        self._active -= 1
+        self._free.release()
+        if not self._active and not any(self._levels):
+            self._idle.set()
 
     def _start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -155,8 +187,10 @@ class Scheduler:
     async def _dispatch_forever(self) -> None:
         assert self._free is not None
         while True:
+            await self._wait_for_work()
             await self._free.acquire()
             batch = await self._next_batch()
+            self._active += 1
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -185,7 +219,7 @@ class Scheduler:
                 return head
             for queue in self._levels:
                 self._compact(queue)
-            if not self._running:
+            if not self._active:
                 self._idle.set()
             self._wakeup.clear()
             await self._wakeup.wait()
@@ -251,13 +285,12 @@ class Scheduler:
         return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
-        assert self._free is not None
         try:
             live = [p for p in batch if not p.future.done()]
             if live:
                 await self._compute(live)
         finally:
-            self._free.release()
+            self._finished()
 
     async def _compute(self, live: list[_Pending]) -> None:
         start = time.monotonic_ns()
@@ -287,20 +320,20 @@ class Scheduler:
         self.stats.record_batch(rows, len(live), ran - start, done - ran, time.monotonic_ns() - done)
 
     async def close(self) -> None:
-        """Answer everything queued and running, then stop the dispatcher."""
+        """Answer everything queued and running, then stop; later submits get ModelUnavailable."""
         if self._dispatcher is None:
+            self._closed = True
             return
         assert self._idle is not None and self._wakeup is not None
-        while self._head() is not None or self._running:
+        while self._head() is not None or self._active:
             self._idle.clear()
             self._wakeup.set()
-            if self._running:
-                await asyncio.gather(*list(self._running), return_exceptions=True)
-            else:
-                await self._idle.wait()
+            await self._idle.wait()
+        self._closed = True
         self._dispatcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._dispatcher
+        self._dispatcher = None
 
 
 def _effective_timeout(policy: QueuePolicy, requested: float | None) -> float | None:

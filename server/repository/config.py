@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,17 @@ class TensorSpec:
     datatype: str  # the v2 wire name, e.g. "FP32"
     dims: tuple[int, ...]  # without the batch dimension; -1 matches any size
     reshape: tuple[int, ...] | None  # the shape forward() sees instead of dims, if the config says so
+    # Worked out once so requests compare tuples instead of looping: elements of one row (None if
+    # any dimension is variable).
+    row_elements: int | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        fixed = all(d > 0 for d in self.dims)
+        object.__setattr__(self, "row_elements", math.prod(self.dims) if fixed else None)
 
     def matches(self, shape: tuple[int, ...]) -> bool:
+        if self.row_elements is not None:
+            return shape == self.dims
         return len(shape) == len(self.dims) and all(
             d in (-1, s) for d, s in zip(self.dims, shape, strict=True)
         )
@@ -114,8 +124,10 @@ class ModelSpec:
     model_file: str
     input_index: dict[str, int] = field(init=False)
     output_index: dict[str, int] = field(init=False)
+    all_outputs: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "all_outputs", tuple(range(len(self.outputs))))
         object.__setattr__(self, "input_index", {t.name: i for i, t in enumerate(self.inputs)})
         object.__setattr__(self, "output_index", {t.name: i for i, t in enumerate(self.outputs)})
 
