@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,8 +190,16 @@ def test_each_limit_answers_with_its_setting(limited: RunningServer) -> None:
             np.frombuffer(stub.ModelInfer(expand(1, 4), timeout=30).raw_output_contents[0], "<f4").size == 256
         )
 
+    release = threading.Event()
+
+    def held_open() -> Iterator[dict[str, np.ndarray]]:
+        """Two requests, the second only once the test says so: until then the stream stays open."""
+        yield {"INPUT__0": np.ones((1, 4), np.float32)}
+        assert release.wait(timeout=60)
+        yield {"INPUT__0": np.ones((1, 4), np.float32)}
+
     with Client(limited.target, timeout=60) as client:
-        first = client.stream("expand", iter([{"INPUT__0": np.ones((1, 4), np.float32)}] * 2))
+        first = client.stream("expand", held_open())
         assert next(first).index == 0  # the one allowed stream is open
         with pytest.raises(InferenceError) as caught:
             list(client.stream("expand", [{"INPUT__0": np.ones((1, 4), np.float32)}]))
@@ -198,4 +207,5 @@ def test_each_limit_answers_with_its_setting(limited: RunningServer) -> None:
             caught.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             and "--max-streams" in caught.value.message
         )
+        release.set()
         assert [r.index for r in first] == [1]
