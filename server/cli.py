@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 
 from . import settings as settings_module
-from .app import App
 from .bench import cli as bench_cli
 from .observability import configure_logging
 from .settings import Settings
@@ -32,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(settings: Settings) -> None:
+    from .app import App  # torch loads here, not for `--help` or `bench`
+
     app = App(settings)
     await app.start()
     stop = asyncio.Event()

@@ -224,7 +224,7 @@ class Registry:
         if current is not None and current.fingerprint == fingerprint:
             return current  # unchanged: keep serving it as it is
         entry.states[version] = (State.LOADING, "")
-        threads = spec.intra_op_threads or self._threads or max(1, self._cores // spec.instances)
+        threads = spec.threads_per_instance(self._threads, self._cores)
         try:
             model = await asyncio.to_thread(load_model, path, spec, threads)
         except ConfigError as exc:

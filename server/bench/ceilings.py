@@ -49,7 +49,7 @@ def find_model(repository: Path, model: str) -> LocalModel | None:
 
 def server_threads(spec: ModelSpec, torch_threads: int | None) -> int:
     """The intra-op threads torchwire gives each instance of this model (registry's rule)."""
-    return spec.intra_op_threads or torch_threads or max(1, default_threads() // spec.instances)
+    return spec.threads_per_instance(torch_threads or 0, default_threads())
 
 
 def _rows(array: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:

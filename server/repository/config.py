@@ -131,6 +131,11 @@ class ModelSpec:
         object.__setattr__(self, "input_index", {t.name: i for i, t in enumerate(self.inputs)})
         object.__setattr__(self, "output_index", {t.name: i for i, t in enumerate(self.outputs)})
 
+    def threads_per_instance(self, torch_threads: int, cores: int) -> int:
+        """Intra-op threads for each instance: the model's INTRA_OP_THREAD_COUNT, else the server's
+        --torch-threads, else the cores shared among the instances (no oversubscription)."""
+        return self.intra_op_threads or torch_threads or max(1, cores // self.instances)
+
     def wire_shape(self, tensor: TensorSpec) -> list[int]:
         """The shape metadata reports: dims with -1 in front when the model is batched."""
         return ([-1] if self.max_batch_size > 0 else []) + list(tensor.dims)
