@@ -38,6 +38,7 @@ FAILURE_REASONS: dict[type[TorchwireError], str] = {
     errors.ModelExecutionError: "model_error",
     errors.ModelUnavailable: "unavailable",
 }
+FAILURE_LABELS = (*dict.fromkeys(FAILURE_REASONS.values()), "cancelled", "internal")
 
 
 def _version() -> str:

@@ -25,6 +25,7 @@ from serving import RunningServer, running_server
 from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
+from torchwire.server.observability.metrics import FAILURE_REASONS
 
 SPANS = InMemorySpanExporter()
 
@@ -117,16 +118,7 @@ def test_metrics_and_statistics_count_exactly_what_happened(observed: RunningSer
     # The ModelStatistics RPC agrees with /metrics, as tritonclient reads it.
     assert stats.inference_stats.success.count == value(after, "torchwire_request_success_total", **labels)
     assert stats.inference_stats.fail.count == sum(
-        value(after, "torchwire_request_failure_total", **labels, reason=r)
-        for r in (
-            "invalid_input",
-            "rejected",
-            "timeout",
-            "cancelled",
-            "model_error",
-            "unavailable",
-            "internal",
-        )
+        value(after, "torchwire_request_failure_total", **labels, reason=r) for r in FAILURE_REASONS
     )
     assert stats.execution_count == value(after, "torchwire_execution_count_total", **labels)
     client = triton.InferenceServerClient(observed.target)

@@ -17,19 +17,11 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..core import InferenceCore
+from ..core import FAILURE_LABELS, InferenceCore
 from ..registry import State
 from .statistics import Histogram, ModelStatistics
 
-FAILURE_REASONS = (
-    "invalid_input",
-    "rejected",
-    "timeout",
-    "cancelled",
-    "model_error",
-    "unavailable",
-    "internal",
-)
+FAILURE_REASONS = FAILURE_LABELS
 SNAPSHOT_TIMEOUT_S = 10.0
 
 
