@@ -144,3 +144,15 @@ def test_priority_must_be_a_known_level(stub: pb_grpc.GRPCInferenceServiceStub) 
         stub.ModelInfer(request("batched", 0, 1.0, priority=5), timeout=60)
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "'priority'" in caught.value.details()
+
+
+def test_a_slow_model_does_not_hold_up_another(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """Separate queues and instances: while one model computes for a long time, another answers."""
+    busy = stub.ModelInfer.future(request("alone", 3 * SLOW_ROUNDS, 1.0), timeout=180)
+    wait_until(lambda: spinners.queue_state("alone")[1] == 1, "the slow request runs")
+    for i in range(10):
+        assert doubled(stub.ModelInfer(request("batched", 0, float(i)), timeout=60)) == [2.0 * i]
+    assert not busy.done(), "the other model's answers waited for the slow forward pass"
+    assert doubled(busy.result()) == [2.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -79,3 +80,30 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for field in Settings.__dataclass_fields__:
         assert f"`TORCHWIRE_{field.upper()}`" in readme, field
+
+
+def test_json_logs_are_one_object_per_line() -> None:
+    env = {
+        **os.environ,
+        "TORCHWIRE_HOST": "127.0.0.1",
+        "TORCHWIRE_PORT": "0",
+        "TORCHWIRE_TORCH_THREADS": "1",
+        "TORCHWIRE_METRICS_PORT": "0",
+        "TORCHWIRE_LOG_FORMAT": "json",
+    }
+    process = subprocess.Popen(
+        [str(TORCHWIRE), "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        record = json.loads(line)
+        assert record["level"] == "INFO" and record["logger"] == "torchwire"
+        assert record["message"].startswith("listening on 127.0.0.1:")
+        _wait_for_line(process, r'"message": "server ready"', 120)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)

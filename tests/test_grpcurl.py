@@ -195,3 +195,12 @@ def test_model_infer_wrong_datatype_is_invalid_argument(server: RunningServer) -
     assert "InvalidArgument" in result.stderr
     assert "INPUT1" in result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_reflection_can_be_turned_off() -> None:
+    with running_server(reflection=False) as server:
+        result = subprocess.run(
+            [str(GRPCURL), "-plaintext", server.target, "list"], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode != 0
+    assert "does not support the reflection API" in result.stderr or "Unimplemented" in result.stderr

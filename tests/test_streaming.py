@@ -173,3 +173,29 @@ def test_one_stream_pipelines_many_requests_into_batches(spinning: RunningServer
     rows, runs = batch_counts(spinning.target, "spinbatch")
     assert rows - rows_before == 64
     assert (rows - rows_before) / (runs - runs_before) > 1, "queued stream requests were not batched"
+
+
+def test_server_stops_reading_a_stream_at_its_in_flight_limit(tmp_path: Path) -> None:
+    """Backpressure: with --stream-max-in-flight 4, no more than 4 of one stream's requests are in
+    the server at once, however many the client has sent; nothing is dropped."""
+    write_model(tmp_path, "spin", Spinner(), spinner_config("spin", ""))
+    inputs = [{"INPUT__0": np.array([[10_000.0, -1.0]], np.float32)}] + [
+        {"INPUT__0": np.array([[0.0, float(i)]], np.float32)} for i in range(20)
+    ]
+    results: list[Any] = []
+    with (
+        running_server(tmp_path, stream_max_in_flight=4, torch_threads=1) as server,
+        Client(server.target, timeout=120) as client,
+    ):
+        consumer = threading.Thread(target=lambda: results.extend(client.stream("spin", inputs)))
+        consumer.start()
+        try:
+            deadline = time.monotonic() + 120
+            while server.queue_state("spin") != (3, 1):  # the slow one runs, three wait: the limit
+                assert time.monotonic() < deadline, "the stream never reached its in-flight limit"
+                time.sleep(0.005)
+            samples = [server.queue_state("spin") for _ in range(50)]  # while the slow one computes
+        finally:
+            consumer.join(timeout=120)
+    assert all(queued + running <= 4 for queued, running in samples), samples
+    assert [float(r.unwrap()["OUTPUT__0"][0, 0]) for r in results] == [-2.0] + [2.0 * i for i in range(20)]
