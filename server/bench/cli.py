@@ -135,6 +135,9 @@ def register(commands: Any) -> None:
         "--start-timeout", type=float, default=120.0, help="seconds to wait for the server to be ready [120]"
     )
     parser.set_defaults(run=run)
+    from . import soak  # soak reuses this module's pieces, so it is imported once this one is loaded
+
+    soak.register(commands)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -193,7 +196,7 @@ def execute(options: Options, console: Console) -> int:
         else:
             target = options.target
             processes.wait_serving(target, options.start_timeout)
-        load = _workload(target, options)
+        load = load_workload(target, options.model, options.batch)
         pool.connect(TORCHWIRE, target, load.request, load.expected_outputs(), options.streaming)
         has_bare = _start_bare(servers, pool, load, options, notes)
         with StatisticsProbe(target, options.model) as probe:
@@ -208,7 +211,7 @@ def execute(options: Options, console: Console) -> int:
         target=options.target or "spawned",
         started=started,
         settings=_settings(options),
-        machine=_machine(),
+        machine=machine_info(),
         notes=notes,
     )
     for index, tw in enumerate(measured):
@@ -240,16 +243,17 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _workload(target: str, options: Options) -> workload.Workload:
+def load_workload(target: str, model: str, batch: int) -> workload.Workload:
+    """The request to send `model` (`batch` rows), built from what `target` reports about it."""
     with Client(target, timeout=10.0) as client:
-        if not client.ready(options.model):
-            reasons = [m.reason for m in client.repository_index() if m.name == options.model and m.reason]
+        if not client.ready(model):
+            reasons = [m.reason for m in client.repository_index() if m.name == model and m.reason]
             why = f": {reasons[0]}" if reasons else " (is it in the repository?)"
-            raise BenchError(f"model '{options.model}' is not ready on {target}{why}")
-        metadata = client.metadata(options.model)
-        max_batch_size = client.config(options.model).max_batch_size
+            raise BenchError(f"model '{model}' is not ready on {target}{why}")
+        metadata = client.metadata(model)
+        max_batch_size = client.config(model).max_batch_size
     try:
-        return workload.build(metadata, max_batch_size, options.batch)
+        return workload.build(metadata, max_batch_size, batch)
     except ValueError as exc:
         raise BenchError(str(exc)) from exc
 
@@ -383,7 +387,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     from torchwire.server.settings import default_threads
 
     return {

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -166,6 +166,11 @@ class UnaryLoop:
         self._deferred: collections.deque[None] = collections.deque()
         self._deferred_ready = threading.Event()
 
+    @property
+    def tally(self) -> Tally:
+        """What the loop has counted so far: a soak reads it while the loop runs."""
+        return self._tally
+
     def run(self) -> Tally:
         self._window.wait_for_start()
         helper = threading.Thread(target=self._issue_deferred, daemon=True)
@@ -270,6 +275,11 @@ class StreamLoop:
         with self._queued:
             self._queue.append(item)
             self._queued.notify()
+
+    @property
+    def tally(self) -> Tally:
+        """What the loop has counted so far: a soak reads it while the loop runs."""
+        return self._tally
 
     def run(self) -> Tally:
         window, tally = self._window, self._tally
@@ -381,11 +391,105 @@ class Worker:
             tally = UnaryLoop(unary, request, concurrency, window, validator).run()
         return tally.reply()
 
+    def soak(self, command: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Unary and streaming loops at once, from `start_at` to the last of `boundaries`.
+
+        At each boundary (time.monotonic()) it reports what completed since the previous one: every
+        boundary but the last is emitted as it passes; the last is the reply, sent once the loops
+        have drained, so that it holds everything that completed up to the end.
+        """
+        start_at, boundaries = command["start_at"], command["boundaries"]
+        window = Window.from_monotonic(start_at, 0.0, boundaries[-1] - start_at)
+        loops: list[UnaryLoop | StreamLoop] = []
+        name, slots = command["unary"]
+        if slots:
+            connection = self._connections[name]
+            unary = connection.channel.unary_unary(INFER, request_serializer=None, response_deserializer=None)
+            loops.append(UnaryLoop(unary, connection.request, slots, window, connection.validator))
+        name, streams = command["streams"]
+        for slots in streams:
+            connection = self._connections[name]
+            stream = connection.channel.stream_stream(
+                STREAM_INFER, request_serializer=None, response_deserializer=None
+            )
+            loops.append(StreamLoop(stream, connection.request, slots, window, connection.validator))
+        slicer = _Slicer(loops)
+        threads = [threading.Thread(target=slicer.run, args=(loop,), daemon=True) for loop in loops]
+        for thread in threads:
+            thread.start()
+        for boundary in boundaries[:-1]:
+            time.sleep(max(0.0, boundary - time.monotonic()))
+            emit(slicer.take())
+        give_up = time.monotonic() + DRAIN_S + 5.0
+        for thread in threads:
+            thread.join(timeout=max(0.0, give_up - time.monotonic()))
+            if thread.is_alive():  # a stream the server neither answers nor ends
+                late = f"a loop was still running {DRAIN_S:.0f} s after the end"
+                slicer.fail(Fatal("DEADLINE_EXCEEDED", late))
+        return slicer.take()
+
+
+class _Slicer:
+    """Cuts the live tallies of a soak's loops into consecutive slices (one per boundary)."""
+
+    def __init__(self, loops: Sequence[UnaryLoop | StreamLoop]) -> None:
+        self._loops = list(loops)
+        self._taken = [0] * len(self._loops)  # latencies already reported, per loop
+        self._errors: collections.Counter[str] = collections.Counter()  # already reported
+        self._failures: collections.Counter[str] = collections.Counter()  # loops that stopped early
+        self._problem: str | None = None
+        self._lock = threading.Lock()
+
+    def run(self, loop: UnaryLoop | StreamLoop) -> None:
+        try:
+            loop.run()
+        except Fatal as exc:  # e.g. a stream the server broke off: its slots are lost, and counted
+            self.fail(exc)
+        except Exception as exc:  # anything else is counted too, never a silently dead thread
+            self.fail(Fatal("INTERNAL", f"{type(exc).__name__}: {exc}"))
+
+    def fail(self, exc: Fatal) -> None:
+        with self._lock:
+            self._failures[exc.code] += 1
+            self._problem = self._problem or f"a load loop stopped: {exc}"
+
+    def take(self) -> dict[str, Any]:
+        latencies: list[int] = []
+        ok = {"unary_ok": 0, "stream_ok": 0}
+        errors: collections.Counter[str] = collections.Counter()
+        problem: str | None = None
+        for index, loop in enumerate(self._loops):
+            tally = loop.tally
+            done = len(tally.latencies_ns)  # appended by other threads: read up to a fixed length
+            fresh = tally.latencies_ns[self._taken[index] : done]
+            self._taken[index] = done
+            latencies.extend(fresh)
+            ok["stream_ok" if isinstance(loop, StreamLoop) else "unary_ok"] += len(fresh)
+            with tally.lock:
+                errors.update(tally.errors)
+                problem = problem or tally.problem
+        with self._lock:
+            errors.update(self._failures)
+            problem = problem or self._problem
+        fresh_errors = errors - self._errors
+        self._errors = errors
+        return {
+            **ok,
+            "latencies": base64.b64encode(np.asarray(latencies, dtype=np.int64).tobytes()).decode("ascii"),
+            "errors": dict(fresh_errors),
+            "problem": problem,
+        }
+
 
 def worker_main(stdin: IO[str], stdout: IO[str]) -> int:
     # Ctrl-C belongs to the parent, which stops the workers in order (closing stdin ends us).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker()
+
+    def emit(reply: dict[str, Any]) -> None:
+        stdout.write(json.dumps(reply) + "\n")
+        stdout.flush()
+
     for line in stdin:
         command = json.loads(line)
         try:
@@ -393,14 +497,15 @@ def worker_main(stdin: IO[str], stdout: IO[str]) -> int:
                 reply = worker.connect(command)
             elif command["op"] == "run":
                 reply = worker.run(command)
+            elif command["op"] == "soak":
+                reply = worker.soak(command, emit)
             else:
                 return 0
         except Fatal as exc:
             reply = {"fatal": exc.code, "message": exc.message}
         except grpc.FutureTimeoutError:
             reply = {"fatal": "UNAVAILABLE", "message": f"could not connect to {command.get('target')}"}
-        stdout.write(json.dumps(reply) + "\n")
-        stdout.flush()
+        emit(reply)
     return 0
 
 
@@ -427,6 +532,17 @@ class Sample:
     latencies_ns: npt.NDArray[np.int64]  # one per successful request completed in the window
     errors: dict[str, int]  # by status code name (INVALID_RESPONSE: a response that failed validation)
     problem: str | None  # the first invalid response, described
+
+
+@dataclass(frozen=True, slots=True)
+class SoakSlice:
+    """What completed in one interval of a soak, over every worker."""
+
+    latencies_ns: npt.NDArray[np.int64]  # one per successful request
+    unary_ok: int
+    stream_ok: int
+    errors: dict[str, int]  # by status code name; STREAM_ERROR: a stream response with error_message
+    problem: str | None  # the first invalid response or failed loop, described
 
 
 def split(concurrency: int, workers: int) -> list[int]:
@@ -537,6 +653,57 @@ class WorkerPool:
         if failure is not None:
             raise failure
         return Sample(concurrency, duration, np.concatenate(latencies), dict(errors), problem)
+
+    def start_soak(
+        self,
+        unary: tuple[str, int],
+        streams: tuple[str, Sequence[int]],
+        start_at: float,
+        boundaries: list[float],
+    ) -> None:
+        """Every worker runs its share of a soak from `start_at` (time.monotonic()) to the last boundary.
+
+        `unary`: a connection's name and the unary calls to keep in flight; `streams`: a streaming
+        connection's name and the requests in flight on each of its streams. Call `soak_slice` once
+        per boundary, in order, for the results.
+        """
+        workers = len(self._procs)
+        unary_name, unary_slots = unary
+        stream_name, stream_slots = streams
+        for index, (proc, share) in enumerate(zip(self._procs, split(unary_slots, workers), strict=True)):
+            mine = list(stream_slots)[index::workers]
+            self._send(
+                proc,
+                {
+                    "op": "soak",
+                    "unary": [unary_name, share],
+                    "streams": [stream_name, mine],
+                    "start_at": start_at,
+                    "boundaries": boundaries,
+                },
+            )
+
+    def soak_slice(self) -> SoakSlice:
+        """The next boundary's slice, summed over every worker; blocks until each has sent it."""
+        latencies: list[npt.NDArray[np.int64]] = []
+        ok = [0, 0]
+        errors: collections.Counter[str] = collections.Counter()
+        problem: str | None = None
+        failure: LoadError | None = None
+        for index in range(len(self._procs)):
+            try:  # read every worker's reply, even after a failure, so the pipes stay in step
+                reply = self._receive(index)
+            except LoadError as exc:
+                failure = failure or exc
+                continue
+            latencies.append(np.frombuffer(base64.b64decode(reply["latencies"]), dtype=np.int64))
+            ok[0] += reply["unary_ok"]
+            ok[1] += reply["stream_ok"]
+            errors.update(reply["errors"])
+            problem = problem or reply["problem"]
+        if failure is not None:
+            raise failure
+        return SoakSlice(np.concatenate(latencies), ok[0], ok[1], dict(errors), problem)
 
     def close(self) -> None:
         for proc in self._procs:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -95,9 +96,26 @@ def wait_serving(target: str, timeout: float, proc: subprocess.Popen[bytes] | No
     raise StartError(f"{target} was not ready within {timeout:.0f} s (health: {last})")
 
 
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    """A started `torchwire serve`: where to call it, and its process id (to read its memory)."""
+
+    target: str
+    pid: int
+
+
 @contextlib.contextmanager
 def torchwire_server(repository: Path | None, *, torch_threads: int | None, timeout: float) -> Iterator[str]:
     """`torchwire serve` on a free 127.0.0.1 port; yields its target once health says ready."""
+    with torchwire_process(repository, torch_threads=torch_threads, timeout=timeout) as spawned:
+        yield spawned.target
+
+
+@contextlib.contextmanager
+def torchwire_process(
+    repository: Path | None, *, torch_threads: int | None, timeout: float
+) -> Iterator[Spawned]:
+    """Like `torchwire_server`, yielding the process id too."""
     port = free_port()
     command = [sys.executable, "-m", "torchwire.server", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if repository is not None:
@@ -113,7 +131,19 @@ def torchwire_server(repository: Path | None, *, torch_threads: int | None, time
             wait_serving(target, timeout, proc)
         except StartError as exc:
             raise StartError(f"torchwire serve did not start: {exc}\n{_tail(log)}") from exc
-        yield target
+        yield Spawned(target, proc.pid)
+
+
+def resident_bytes(pid: int) -> int | None:
+    """A process's resident set size (VmRSS in /proc/<pid>/status); None once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    return None  # a zombie has no VmRSS line
 
 
 @contextlib.contextmanager

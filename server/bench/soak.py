@@ -1,0 +1,302 @@
+"""`torchwire soak`: bounded mixed unary + streaming load for a while, watching errors and memory.
+
+Closed loop, like `torchwire bench` and with its pieces: the same server process (`torchwire serve`
+started on a free loopback port, or --target), the same request built from the model's metadata,
+and the same load generator processes, which here run unary calls and ModelStreamInfer streams at
+once for warmup + duration seconds. Every --interval seconds it prints throughput, errors by status
+code and the server's resident memory (VmRSS; n/a for --target, which is not our process). At the
+end: totals, throughput over time, RSS growth from the end of warmup to the end, JSON and CSV.
+Any failed request fails the run (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from torchwire.client import InferenceError
+
+from . import cli as bench_cli
+from . import processes, soakreport
+from .loadgen import LoadError, WorkerPool, split
+from .soakresults import Interval, SoakRun
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+START_MARGIN_S = 0.2  # from sending the soak to the workers to its first request
+MAX_DURATION_S = 24 * 3600.0  # bounded: a day at most
+MAX_CONCURRENCY = 1024
+UNARY = "soak-unary"  # the load generator's connections, one per kind of call
+STREAM = "soak-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    model: str
+    target: str | None
+    duration: float
+    warmup: float
+    interval: float
+    concurrency: int
+    stream_share: float
+    streams: int
+    batch: int
+    out: Path
+    repository: Path | None
+    workers: int
+    torch_threads: int | None
+    start_timeout: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        checks = [
+            (0 < args.duration <= MAX_DURATION_S, f"--duration must be > 0 and <= {MAX_DURATION_S:.0f}"),
+            (0 <= args.warmup <= MAX_DURATION_S, f"--warmup must be >= 0 and <= {MAX_DURATION_S:.0f}"),
+            (args.interval > 0, "--interval must be > 0"),
+            (1 <= args.concurrency <= MAX_CONCURRENCY, f"--concurrency must be 1 to {MAX_CONCURRENCY}"),
+            (0.0 <= args.stream_share <= 1.0, "--stream-share must be between 0 and 1"),
+            (args.streams >= 1, "--streams must be >= 1"),
+            (args.batch >= 1, "--batch must be >= 1"),
+            (args.workers >= 1, "--workers must be >= 1"),
+            (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
+            (
+                args.repository is None or args.repository.is_dir(),
+                f"--repository {args.repository} is not a folder",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if args.target is not None:
+            check_loopback(args.target)
+        return cls(
+            model=args.model,
+            target=args.target,
+            duration=args.duration,
+            warmup=args.warmup,
+            interval=args.interval,
+            concurrency=args.concurrency,
+            stream_share=args.stream_share,
+            streams=args.streams,
+            batch=args.batch,
+            out=args.out,
+            repository=args.repository,
+            workers=args.workers,
+            torch_threads=args.torch_threads,
+            start_timeout=args.start_timeout,
+        )
+
+    @property
+    def stream_slots(self) -> list[int]:
+        """Requests in flight on each stream: the stream share of the concurrency, over --streams."""
+        total = round(self.concurrency * self.stream_share)
+        if self.stream_share > 0:
+            total = max(1, total)
+        if self.stream_share < 1:
+            total = min(total, self.concurrency - 1)  # a share below 1 leaves room for unary calls
+        return split(total, min(self.streams, total)) if total else []
+
+    @property
+    def unary_slots(self) -> int:
+        return self.concurrency - sum(self.stream_slots)
+
+
+def check_loopback(target: str) -> None:
+    """The soak loads loopback only: a HOST:PORT whose host is localhost or a loopback address."""
+    host, sep, port = target.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--target {target!r}: expected HOST:PORT")
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"--target {target!r}: the soak runs against loopback only (127.0.0.1, [::1], localhost)"
+        )
+
+
+def boundaries(warmup: float, duration: float, interval: float) -> list[float]:
+    """Seconds from the first request at which an interval ends: every `interval`, and at warmup's end."""
+    total = warmup + duration
+    cuts = {round(k * interval, 6) for k in range(1, int(total / interval) + 1)}
+    cuts.update({round(warmup, 6), round(total, 6)})
+    return sorted(c for c in cuts if 0 < c <= total)
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "soak",
+        help="run mixed unary + streaming load for a while; report errors, throughput and server memory",
+        description="Soak test: keeps CONCURRENCY requests in flight (a --stream-share of them on "
+        "ModelStreamInfer streams, the rest unary) for WARMUP + DURATION seconds. Every INTERVAL it "
+        "prints throughput, errors by status code and the server's RSS; at the end it reports RSS "
+        "growth after warmup and writes JSON and CSV. Any failed request fails the run (exit 1). "
+        "Without --target it starts `torchwire serve` on a free loopback port and always stops it.",
+    )
+    parser.add_argument("--model", required=True, help="model to load (its metadata shapes the request)")
+    parser.add_argument("--target", help="HOST:PORT of a running server on loopback (RSS is then n/a)")
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds after warmup [600]")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds before RSS growth counts [30]")
+    parser.add_argument("--interval", type=float, default=10.0, help="seconds per reported interval [10]")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight in all [32]")
+    parser.add_argument(
+        "--stream-share", type=float, default=0.25, help="share of the concurrency on streams [0.25]"
+    )
+    parser.add_argument("--streams", type=int, default=2, help="ModelStreamInfer streams that share it [2]")
+    parser.add_argument("--batch", type=int, default=1, help="rows per request [1]")
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="results folder [bench-results]"
+    )
+    parser.add_argument("--repository", type=Path, help="model repository (default: the bundled examples)")
+    parser.add_argument("--workers", type=int, default=1, help="load generator processes [1]")
+    parser.add_argument("--torch-threads", type=int, help="passed to `torchwire serve` [server default]")
+    parser.add_argument(
+        "--start-timeout", type=float, default=120.0, help="seconds to wait for the server to be ready [120]"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a log file or pipe: keep the lines whole
+    try:
+        options = Options.from_args(args)
+    except ValueError as exc:
+        console.print(f"torchwire soak: {exc}", style="red")
+        return EXIT_USAGE
+    # SIGTERM unwinds like Ctrl-C, so the server and workers this run started are always stopped.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return execute(options, console)
+    except KeyboardInterrupt:
+        console.print("torchwire soak: interrupted (server and workers stopped)", style="yellow")
+        return EXIT_INTERRUPTED
+    except (LoadError, bench_cli.BenchError, processes.StartError, InferenceError) as exc:
+        console.print(f"torchwire soak: {exc}", style="red")
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def execute(options: Options, console: Console) -> int:
+    soak = SoakRun(
+        model=options.model,
+        target=options.target or "spawned",
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        settings=_settings(options),
+        machine=bench_cli.machine_info(),
+    )
+    # Exit order: the workers first (they stop loading), then the server (SIGTERM, then kill).
+    with contextlib.ExitStack() as servers, WorkerPool(options.workers) as pool:
+        pid: int | None = None
+        if options.target is None:
+            console.print(f"starting torchwire serve ({options.repository or 'bundled models'}) ...")
+            spawned = servers.enter_context(
+                processes.torchwire_process(
+                    options.repository, torch_threads=options.torch_threads, timeout=options.start_timeout
+                )
+            )
+            target, pid = spawned.target, spawned.pid
+        else:
+            target = options.target
+            processes.wait_serving(target, options.start_timeout)
+            soak.notes.append("server RSS n/a: --target is not a process this run started")
+        load = bench_cli.load_workload(target, options.model, options.batch)
+        if options.unary_slots:
+            pool.connect(UNARY, target, load.request, load.expected_outputs(), False)
+        if options.stream_slots:
+            pool.connect(STREAM, target, load.request, load.expected_outputs(), True)
+        console.print(_plan(options, target), highlight=False)
+        _drive(pool, options, pid, soak, console)
+    soakreport.show(soak, console)
+    paths = _write(soak, options.out)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    if soak.interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if soak.summary().passed else EXIT_FAILED
+
+
+def _drive(pool: WorkerPool, options: Options, pid: int | None, soak: SoakRun, console: Console) -> None:
+    """Runs the soak, recording each interval as it ends; Ctrl-C stops it with what it has so far."""
+    offsets = boundaries(options.warmup, options.duration, options.interval)
+    start_at = time.monotonic() + START_MARGIN_S
+    soak.rss_start_bytes = _rss(pid)
+    pool.start_soak(
+        (UNARY, options.unary_slots),
+        (STREAM, options.stream_slots),
+        start_at,
+        [start_at + o for o in offsets],
+    )
+    begun = 0.0
+    try:
+        for index, offset in enumerate(offsets):
+            time.sleep(max(0.0, start_at + offset - time.monotonic()))
+            rss = _rss(pid)  # sampled at the boundary, not when the workers' slices arrive
+            piece = pool.soak_slice()
+            interval = Interval.of(index, begun, offset, offset <= options.warmup, piece, rss)
+            soak.intervals.append(interval)
+            soak.problem = soak.problem or piece.problem
+            console.print(soakreport.interval_line(interval), highlight=False, soft_wrap=True)
+            begun = offset
+    except KeyboardInterrupt:
+        soak.interrupted = True
+        console.print("torchwire soak: interrupted; stopping the workers and the server", style="yellow")
+    except LoadError as exc:  # a worker died: keep what was measured, and fail
+        soak.problem = f"the load generator failed: {exc}"
+        console.print(f"torchwire soak: {soak.problem}", style="red")
+
+
+def _rss(pid: int | None) -> int | None:
+    return None if pid is None else processes.resident_bytes(pid)
+
+
+def _plan(options: Options, target: str) -> str:
+    streams = options.stream_slots
+    return (
+        f"soaking {options.model} on {target}: {options.warmup:g} s warmup + {options.duration:g} s, "
+        f"concurrency {options.concurrency} ({options.unary_slots} unary, {sum(streams)} on "
+        f"{len(streams)} stream{'' if len(streams) == 1 else 's'}), a line every {options.interval:g} s"
+    )
+
+
+def _settings(options: Options) -> dict[str, Any]:
+    return {
+        "duration_s": options.duration,
+        "warmup_s": options.warmup,
+        "interval_s": options.interval,
+        "concurrency": options.concurrency,
+        "unary": options.unary_slots,
+        "stream_slots": options.stream_slots,
+        "stream_share": options.stream_share,
+        "batch": options.batch,
+        "workers": options.workers,
+        "torch_threads": options.torch_threads,
+        "repository": str(options.repository) if options.repository else None,
+    }
+
+
+def _write(soak: SoakRun, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"soak-{soak.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".csv")]
+    soakreport.write_json(soak, paths[0])
+    soakreport.write_csv(soak, paths[1])
+    return paths
