@@ -48,7 +48,8 @@ def test_short_run_writes_sane_results(tmp_path: Path) -> None:
             assert measured["p50_ms"] <= measured["p90_ms"] <= measured["p99_ms"]
             assert measured["errors"] == {}
         batch = level["torchwire"]["mean_batch_size"]
-        assert batch is None or batch >= 1  # None only while the server lacks ModelStatistics
+        assert batch is not None and batch >= 1
+        assert level["torchwire"]["server_cpu_us"] > 0  # read from /proc for the spawned server
         assert level["inprocess"]["rows_per_s"] > 0 and level["inprocess"]["batch"] >= 1
         assert level["ratios"]["vs_bare"] > 0 and level["ratios"]["vs_inprocess"] > 0
 

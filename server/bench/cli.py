@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -188,19 +189,20 @@ def execute(options: Options, console: Console) -> int:
     ):
         if options.target is None:
             console.print(f"starting torchwire serve ({options.repository or 'bundled models'}) ...")
-            target = servers.enter_context(
-                processes.torchwire_server(
+            spawned = servers.enter_context(
+                processes.torchwire_process(
                     options.repository, torch_threads=options.torch_threads, timeout=options.start_timeout
                 )
             )
+            target, pid = spawned.target, spawned.pid
         else:
-            target = options.target
+            target, pid = options.target, None
             processes.wait_serving(target, options.start_timeout)
         load = load_workload(target, options.model, options.batch)
         pool.connect(TORCHWIRE, target, load.request, load.expected_outputs(), options.streaming)
         has_bare = _start_bare(servers, pool, load, options, notes)
         with StatisticsProbe(target, options.model) as probe:
-            measured, bare = sweep(pool, options, progress, probe, has_bare)
+            measured, bare = sweep(pool, options, progress, probe, has_bare, pid)
             if probe.unavailable:
                 notes.append(f"mean batch size n/a: {probe.unavailable}")
     # Both servers are stopped here: the model gets the machine to itself.
@@ -259,7 +261,12 @@ def load_workload(target: str, model: str, batch: int) -> workload.Workload:
 
 
 def sweep(
-    pool: WorkerPool, options: Options, progress: Progress, probe: StatisticsProbe, has_bare: bool
+    pool: WorkerPool,
+    options: Options,
+    progress: Progress,
+    probe: StatisticsProbe,
+    has_bare: bool,
+    pid: int | None = None,
 ) -> tuple[list[Measured], list[Measured] | None]:
     """Each concurrency level against torchwire, then at once against the bare server.
 
@@ -270,7 +277,7 @@ def sweep(
     measured: list[Measured] = []
     bare: list[Measured] = []
     for concurrency in options.concurrency:
-        measured.append(_level(pool, TORCHWIRE, concurrency, options, progress, probe))
+        measured.append(_level(pool, TORCHWIRE, concurrency, options, progress, probe, pid))
         if has_bare:
             bare.append(_level(pool, BARE, concurrency, options, progress, None))
     return measured, (bare if has_bare else None)
@@ -283,6 +290,7 @@ def _level(
     options: Options,
     progress: Progress,
     probe: StatisticsProbe | None,
+    pid: int | None = None,
 ) -> Measured:
     task = progress.add_task(f"{name} c={concurrency}", total=options.warmup + options.duration)
     start_at = time.monotonic() + START_MARGIN_S
@@ -292,9 +300,15 @@ def _level(
     # Statistics are read at the window's edges, so warmup batches do not count.
     _wait_until(measure_from, start_at, progress, task)
     before = probe.snapshot() if probe else None
+    cpu_before = processes.cpu_seconds(pid) if pid else None
     _wait_until(measure_to, start_at, progress, task)
+    cpu_after = processes.cpu_seconds(pid) if pid else None
     after = probe.snapshot() if probe else None
     measured = summarize(pool.collect(), mean_batch_size(before, after))
+    if cpu_before is not None and cpu_after is not None and measured.completed:
+        # CPU per request that stays flat as concurrency rises means no thread oversubscription.
+        cpu_us = (cpu_after - cpu_before) * 1e6 / (measured.throughput * options.duration)
+        measured = dataclasses.replace(measured, server_cpu_us=round(cpu_us, 1))
     progress.remove_task(task)
     progress.console.print(report.level_line(name, measured), soft_wrap=True)
     if measured.problem:

@@ -111,6 +111,16 @@ def torchwire_server(repository: Path | None, *, torch_threads: int | None, time
         yield spawned.target
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU a process has used so far, from /proc (None where it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15 (1-based).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def torchwire_process(
     repository: Path | None, *, torch_threads: int | None, timeout: float

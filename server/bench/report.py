@@ -35,6 +35,7 @@ def level_line(label: str, measured: Measured) -> str:
         f"p50 {_num(measured.p50_ms, 2)} ms  p90 {_num(measured.p90_ms, 2)} ms  "
         f"p99 {_num(measured.p99_ms, 2)} ms  batch {_num(measured.mean_batch_size, 1)}  "
         f"errors {_errors(measured)}"
+        + (f"  server cpu {measured.server_cpu_us:.0f} µs/req" if measured.server_cpu_us is not None else "")
     )
 
 

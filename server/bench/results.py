@@ -25,6 +25,7 @@ class Measured:
     errors: dict[str, int]
     mean_batch_size: float | None  # rows per forward pass, from ModelStatistics; None: n/a
     problem: str | None = None  # the first invalid response, if any
+    server_cpu_us: float | None = None  # server process CPU per successful request (spawned servers)
 
     @property
     def error_count(self) -> int:
