@@ -73,13 +73,7 @@ class Options:
             (bool(levels) and min(levels) >= 1, "--concurrency levels must be >= 1"),
             (args.duration > 0, "--duration must be > 0"),
             (args.warmup >= 0, "--warmup must be >= 0"),
-            (args.batch >= 1, "--batch must be >= 1"),
-            (args.workers >= 1, "--workers must be >= 1"),
-            (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
-            (
-                args.repository is None or args.repository.is_dir(),
-                f"--repository {args.repository} is not a folder",
-            ),
+            *shared_checks(args),
         ]
         for ok, message in checks:
             if not ok:
@@ -98,6 +92,19 @@ class Options:
             torch_threads=args.torch_threads,
             start_timeout=args.start_timeout,
         )
+
+
+def shared_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:
+    """The option checks bench and soak share: (condition that must hold, message if it does not)."""
+    return [
+        (args.batch >= 1, "--batch must be >= 1"),
+        (args.workers >= 1, "--workers must be >= 1"),
+        (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
+        (
+            args.repository is None or args.repository.is_dir(),
+            f"--repository {args.repository} is not a folder",
+        ),
+    ]
 
 
 def register(commands: Any) -> None:

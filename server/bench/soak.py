@@ -65,13 +65,7 @@ class Options:
             (1 <= args.concurrency <= MAX_CONCURRENCY, f"--concurrency must be 1 to {MAX_CONCURRENCY}"),
             (0.0 <= args.stream_share <= 1.0, "--stream-share must be between 0 and 1"),
             (args.streams >= 1, "--streams must be >= 1"),
-            (args.batch >= 1, "--batch must be >= 1"),
-            (args.workers >= 1, "--workers must be >= 1"),
-            (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
-            (
-                args.repository is None or args.repository.is_dir(),
-                f"--repository {args.repository} is not a folder",
-            ),
+            *bench_cli.shared_checks(args),
         ]
         for ok, message in checks:
             if not ok:
