@@ -111,7 +111,9 @@ class App:
             Gate(self.settings.max_streams, "max_streams", "streams"),
         )
         size = self.settings.max_message_bytes
-        rpcs = Gate(self.settings.max_concurrent_rpcs, "max_concurrent_rpcs", "inference RPCs")
+        # No limit, no gate: unlimited servers pay nothing per request for counting.
+        limit = self.settings.max_concurrent_rpcs
+        rpcs = Gate(limit, "max_concurrent_rpcs", "inference RPCs") if limit else None
         server.add_generic_rpc_handlers(
             (
                 service_handler(
@@ -191,10 +193,6 @@ class App:
     async def wait_loaded(self) -> None:
         if self._loading is not None:
             await self._loading
-
-    async def wait_closed(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
 
     async def stop(self) -> None:
         """Health flips to NOT_SERVING; after the drain delay the listener closes and in-flight calls

@@ -285,12 +285,9 @@ class Registry:
         self.model_dir(name)
         entry = self.entry(name)
         async with entry.lock:
-            retired = list(entry.served.values())
-            entry.served = {}
             entry.wanted = False
             entry.state, entry.reason = State.UNAVAILABLE, "unloaded"
-            await self._changed()
-            await self._retire(entry, retired, set(entry.states))
+            await self._withdraw(entry, set(entry.states))
 
     async def poll(self) -> None:
         """Rescan: load new models, reload changed ones, unload removed ones."""
@@ -308,12 +305,17 @@ class Registry:
     async def unload_removed(self, name: str) -> None:
         entry = self._models[name]
         async with entry.lock:
-            retired = list(entry.served.values())
-            entry.served = {}
-            await self._changed()
-            await self._retire(entry, retired, set())
+            entry.wanted = False  # gone from disk: no longer asked for, so readiness does not dip
+            await self._withdraw(entry, set())
             del self._models[name]
         await self._changed()
+
+    async def _withdraw(self, entry: ModelEntry, on_disk: set[int]) -> None:
+        """Take every served version out of service at once; each answers its queue, then unloads."""
+        retired = list(entry.served.values())
+        entry.served = {}
+        await self._changed()
+        await self._retire(entry, retired, on_disk)
 
     async def _changed(self) -> None:
         if self.on_change is not None:
@@ -327,6 +329,4 @@ class Registry:
     async def close(self) -> None:
         """Answer everything queued and running in every model, then unload them all."""
         for entry in list(self._models.values()):
-            retired = list(entry.served.values())
-            entry.served = {}
-            await self._retire(entry, retired, set(entry.states))
+            await self._withdraw(entry, set(entry.states))

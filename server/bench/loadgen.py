@@ -635,23 +635,29 @@ class WorkerPool:
                 },
             )
 
+    def _replies(self) -> list[dict[str, Any]]:
+        """One reply from every worker; the first failure is raised only after all have been read,
+        so the pipes stay in step for the next round."""
+        replies: list[dict[str, Any]] = []
+        failure: LoadError | None = None
+        for index in range(len(self._procs)):
+            try:
+                replies.append(self._receive(index))
+            except LoadError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return replies
+
     def collect(self) -> Sample:
         concurrency, duration = self._level
         latencies: list[npt.NDArray[np.int64]] = []
         errors: collections.Counter[str] = collections.Counter()
         problem: str | None = None
-        failure: LoadError | None = None
-        for index in range(len(self._procs)):
-            try:  # read every worker's reply, even after a failure, so the pipes stay in step
-                reply = self._receive(index)
-            except LoadError as exc:
-                failure = failure or exc
-                continue
+        for reply in self._replies():
             latencies.append(np.frombuffer(base64.b64decode(reply["latencies"]), dtype=np.int64))
             errors.update(reply["errors"])
             problem = problem or reply["problem"]
-        if failure is not None:
-            raise failure
         return Sample(concurrency, duration, np.concatenate(latencies), dict(errors), problem)
 
     def start_soak(
@@ -689,20 +695,12 @@ class WorkerPool:
         ok = [0, 0]
         errors: collections.Counter[str] = collections.Counter()
         problem: str | None = None
-        failure: LoadError | None = None
-        for index in range(len(self._procs)):
-            try:  # read every worker's reply, even after a failure, so the pipes stay in step
-                reply = self._receive(index)
-            except LoadError as exc:
-                failure = failure or exc
-                continue
+        for reply in self._replies():
             latencies.append(np.frombuffer(base64.b64decode(reply["latencies"]), dtype=np.int64))
             ok[0] += reply["unary_ok"]
             ok[1] += reply["stream_ok"]
             errors.update(reply["errors"])
             problem = problem or reply["problem"]
-        if failure is not None:
-            raise failure
         return SoakSlice(np.concatenate(latencies), ok[0], ok[1], dict(errors), problem)
 
     def close(self) -> None:
