@@ -149,11 +149,12 @@ class App:
             metrics_port = self.metrics.start(asyncio.get_running_loop())
             log.info("metrics on http://%s:%d/metrics", self.settings.host, metrics_port)
         log.info(
-            "listening on %s:%d (%s; repository %s)",
+            "listening on %s:%d (%s; repository %s; event loop %s)",
             self.settings.host,
             self.port,
             "mutual TLS" if self.settings.tls_client_ca else "TLS" if credentials else "plaintext",
             self.repository,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         self._loading = asyncio.get_running_loop().create_task(self._load())
         return self.port

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from . import settings as settings_module
 from .bench import cli as bench_cli
+from .eventloop import loop_factory
 from .observability import configure_logging
 from .settings import Settings
 
@@ -67,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchwire: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings))
     return 0
 
 

@@ -20,6 +20,7 @@ ENV_PREFIX = "TORCHWIRE_"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 ControlMode = Literal["none", "poll", "explicit"]
 Readiness = Literal["all", "any"]
+EventLoop = Literal["uvloop", "asyncio"]
 
 
 def default_threads() -> int:
@@ -100,6 +101,11 @@ class Settings:
     max_connection_age_s: float = _opt(
         0.0, "close client connections after this many seconds so traffic rebalances over replicas (0: never)"
     )
+    event_loop: EventLoop = _opt(
+        "uvloop",
+        "uvloop (libuv-based, the faster here: see README Performance) or asyncio (the standard "
+        "library's loop)",
+    )
     log_level: LogLevel = _opt("INFO", "log level")
 
     def __post_init__(self) -> None:
@@ -114,6 +120,7 @@ class Settings:
         for name, allowed in (
             ("model_control_mode", ControlMode),
             ("readiness", Readiness),
+            ("event_loop", EventLoop),
             ("log_level", LogLevel),
             ("trace_exporter", Literal["none", "console", "otlp"]),
             ("log_format", Literal["text", "json"]),

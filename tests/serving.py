@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from torchwire.server import App, Settings
+from torchwire.server.eventloop import loop_factory
 
 START_TIMEOUT_S = 120.0
 
@@ -63,7 +64,7 @@ def running_server(
     settings = Settings(
         model_repository=repository, host="127.0.0.1", port=0, shutdown_grace=5.0, **overrides
     )
-    loop = asyncio.new_event_loop()
+    loop = loop_factory(settings.event_loop)()  # the loop `torchwire serve` runs on
     thread = threading.Thread(target=loop.run_forever, name="torchwire-test-server", daemon=True)
     thread.start()
     app = App(settings)

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from torchwire.client import Client
@@ -57,17 +58,29 @@ def _wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float)
     raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
 
 
-def test_serve_logs_address_and_models_then_stops_on_sigterm() -> None:
-    env = {**os.environ, "TORCHWIRE_HOST": "127.0.0.1", "TORCHWIRE_PORT": "0", "TORCHWIRE_TORCH_THREADS": "1"}
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_serve_logs_address_and_models_then_stops_on_sigterm(event_loop: str) -> None:
+    env = {
+        **os.environ,
+        "TORCHWIRE_HOST": "127.0.0.1",
+        "TORCHWIRE_PORT": "0",
+        "TORCHWIRE_TORCH_THREADS": "1",
+        "TORCHWIRE_EVENT_LOOP": event_loop,
+    }
     process = subprocess.Popen(
         [str(TORCHWIRE), "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
     try:
-        port = int(_wait_for_line(process, r"listening on 127\.0\.0\.1:(\d+)", 120).group(1))
+        line = _wait_for_line(process, r"listening on 127\.0\.0\.1:(\d+) .*event loop (\w+)", 120)
+        port = int(line.group(1))
+        assert line.group(2) == event_loop
         _wait_for_line(process, r"model digits version 1: READY", 120)
         _wait_for_line(process, r"server ready", 120)
         with Client(f"127.0.0.1:{port}", timeout=30) as client:
             assert client.ready("digits") is True
+            a = np.arange(16, dtype=np.int32).reshape(1, 16)
+            out = client.predict("simple", {"INPUT0": a, "INPUT1": a})
+            np.testing.assert_array_equal(out["OUTPUT0"], a + a)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
