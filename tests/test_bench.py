@@ -15,11 +15,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc
 
+from serving import running_server
 from torchwire.client import Client
 from torchwire.client._calls import ModelMetadata, TensorMetadata
 from torchwire.client._proto import grpc_service_pb2 as pb
-from torchwire.server.bench import processes, workload
+from torchwire.server.bench import perfanalyzer, processes, workload
 from torchwire.server.bench.batchstats import Counts, mean_batch_size
 from torchwire.server.bench.loadgen import LoadError, WorkerPool, split
 
@@ -52,6 +54,12 @@ def test_short_run_writes_sane_results(tmp_path: Path) -> None:
         assert level["torchwire"]["server_cpu_us"] > 0  # read from /proc for the spawned server
         assert level["inprocess"]["rows_per_s"] > 0 and level["inprocess"]["batch"] >= 1
         assert level["ratios"]["vs_bare"] > 0 and level["ratios"]["vs_inprocess"] > 0
+        # Both bare flavors ran; the ceiling is the faster of the two at each level.
+        flavors = level["bare_flavors"]
+        assert sorted(flavors) == ["aio", "sync"]
+        assert all(m["throughput"] > 0 and m["errors"] == {} for m in flavors.values())
+        faster = max(flavors, key=lambda flavor: flavors[flavor]["throughput"])
+        assert level["bare_flavor"] == faster and level["bare"] == flavors[faster]
 
     with json_path.with_suffix(".csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -61,11 +69,12 @@ def test_short_run_writes_sane_results(tmp_path: Path) -> None:
     assert "tw/bare" in done.stdout  # the table was printed
 
 
-@pytest.fixture(scope="module")
-def bare_target() -> Iterator[str]:
+@pytest.fixture(scope="module", params=["sync", "aio"])
+def bare_target(request: pytest.FixtureRequest) -> Iterator[str]:
     script = processes.bare_server_script()
     assert script is not None, "benchmarks/bare_server.py belongs to a checkout"
-    with processes.bare_server(script, workload.build(SIMPLE, 8, 1).output_specs()) as target:
+    outputs = workload.build(SIMPLE, 8, 1).output_specs()
+    with processes.bare_server(script, outputs, aio=request.param == "aio", streams=2) as target:
         yield target
 
 
@@ -137,3 +146,67 @@ def test_workload_and_split() -> None:
     assert split(10, 3) == [4, 3, 3] and split(1, 2) == [1, 0]
     assert mean_batch_size(Counts(10, 5), Counts(74, 13)) == 8.0
     assert mean_batch_size(Counts(10, 5), Counts(10, 5)) is None
+
+
+def test_bare_server_answers_what_perf_analyzer_asks(tmp_path: Path) -> None:
+    """perf_analyzer reads metadata, config and statistics before and around its load; tritonclient
+    makes the same calls. The bare server answers them as torchwire described the model."""
+    description = tmp_path / "describe.json"
+    with running_server() as tw:
+        version = perfanalyzer.describe(tw.target, "simple", description)
+        with Client(tw.target, timeout=10) as client:
+            expected_config = client.config("simple")
+    assert version == "1"
+    script = processes.bare_server_script()
+    assert script is not None
+    outputs = workload.build(SIMPLE, 8, 1).output_specs()
+    for aio in (False, True):
+        with processes.bare_server(script, outputs, describe=description, aio=aio) as target:
+            triton = tritonclient.grpc.InferenceServerClient(target)
+            try:
+                assert triton.is_server_live() and triton.is_server_ready()
+                assert triton.is_model_ready("simple")
+                assert triton.get_server_metadata().name == "bare"
+                metadata = triton.get_model_metadata("simple")
+                assert metadata.name == "simple" and list(metadata.versions) == ["1"]
+                assert [i.name for i in metadata.inputs] == ["INPUT0", "INPUT1"]
+                config = triton.get_model_config("simple").config  # tritonclient's own message class
+                assert config.SerializeToString() == expected_config.SerializeToString()
+                rows = np.ones((2, 16), dtype=np.int32)
+                inputs = [tritonclient.grpc.InferInput(n, [2, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+                for tensor in inputs:
+                    tensor.set_data_from_numpy(rows)
+                for _ in range(3):
+                    result = triton.infer("simple", inputs)
+                    assert result.get_response().model_version == "1"  # named, as a real server does
+                    assert not result.as_numpy("OUTPUT0").any()
+                (stats,) = triton.get_inference_statistics("simple").model_stats
+                assert (stats.name, stats.version) == ("simple", "1")
+                assert stats.inference_count >= 3 and stats.execution_count == stats.inference_count
+            finally:
+                triton.close()
+
+
+def test_perf_analyzer_output_is_read_per_request() -> None:
+    """The CSV and summary lines as perf_analyzer 2.41 writes them (captured from a real run)."""
+    csv_text = (
+        "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
+        "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"
+        "p50 latency,p90 latency,p95 latency,p99 latency\n"
+        "4,1588.13,2,981,1220,19,279,13,0,2546,2806,2901,3222\n"
+    )
+    stdout = (
+        "Request concurrency: 4\n  Client: \n    Request count: 5718\n"
+        "    Throughput: 1588.13 infer/sec\n    Avg latency: 2514 usec (standard deviation 300 usec)\n"
+        "  Server: \n    Avg request latency: 2000 usec (overhead 1 usec)\n"
+    )
+    level = perfanalyzer.Level(concurrency=4, batch=2, duration_s=1.0, streaming=False)
+    measured = perfanalyzer.parse(csv_text, stdout, level)
+    assert measured.throughput == pytest.approx(794.1, abs=0.1)  # inferences are rows: 2 a request
+    assert (measured.p50_ms, measured.p90_ms, measured.p99_ms) == (2.546, 2.806, 3.222)
+    assert measured.mean_ms == 2.514 and measured.completed == 5718
+    command = perfanalyzer.command("pa", "127.0.0.1:1", "simple", "1", level, Path("out.csv"))
+    assert command[command.index("--concurrency-range") + 1] == "4"
+    assert command[command.index("-b") + 1] == "2" and "--streaming" not in command
+    with pytest.raises(perfanalyzer.PerfAnalyzerError, match="no measurement"):
+        perfanalyzer.parse(csv_text.splitlines()[0], stdout, level)

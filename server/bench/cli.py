@@ -16,7 +16,9 @@ import dataclasses
 import importlib.metadata
 import os
 import platform
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from torchwire.client import Client, InferenceError
 
-from . import ceilings, processes, report, workload
+from . import ceilings, perfanalyzer, processes, report, workload
 from .batchstats import StatisticsProbe, mean_batch_size
 from .loadgen import LoadError, WorkerPool
 from .plot import write_png
@@ -37,7 +39,9 @@ from .results import Level, Measured, Run, summarize
 START_MARGIN_S = 0.1  # from sending a level's command to its workers to its first request
 INPROCESS_MAX_S = 2.0  # the model alone is steady: this long per batch size is plenty
 TORCHWIRE = "torchwire"  # the targets' names, in the load generator and in the output
-BARE = "bare"
+BARE = "bare"  # sync grpc; with BARE_AIO the two flavors of the bare ceiling (the faster counts)
+BARE_AIO = "bare-aio"
+BARE_FLAVORS = {BARE: "sync", BARE_AIO: "aio"}
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNIMPLEMENTED = 3
@@ -62,6 +66,7 @@ class Options:
     workers: int
     torch_threads: int | None
     start_timeout: float
+    perf_analyzer: str | None = None  # its binary: the load generator instead of ours
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -91,7 +96,15 @@ class Options:
             workers=args.workers,
             torch_threads=args.torch_threads,
             start_timeout=args.start_timeout,
+            perf_analyzer=_binary(args.perf_analyzer) if args.perf_analyzer else None,
         )
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise ValueError(f"--perf-analyzer {name}: not an executable (README Performance: how to get one)")
+    return found
 
 
 def shared_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:
@@ -141,6 +154,12 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--start-timeout", type=float, default=120.0, help="seconds to wait for the server to be ready [120]"
+    )
+    parser.add_argument(
+        "--perf-analyzer",
+        metavar="PATH",
+        help="drive both servers with Triton's perf_analyzer at PATH instead of the Python load generator "
+        "(each level runs until 3 windows of DURATION agree; --warmup and --workers do not apply)",
     )
     parser.set_defaults(run=run)
     from . import soak  # soak reuses this module's pieces, so it is imported once this one is loaded
@@ -206,10 +225,14 @@ def execute(options: Options, console: Console) -> int:
             target, pid = options.target, None
             processes.wait_serving(target, options.start_timeout)
         load = load_workload(target, options.model, options.batch)
-        pool.connect(TORCHWIRE, target, load.request, load.expected_outputs(), options.streaming)
-        has_bare = _start_bare(servers, pool, load, options, notes)
+        targets = {TORCHWIRE: target}
+        if options.perf_analyzer is None:
+            pool.connect(TORCHWIRE, target, load.request, load.expected_outputs(), options.streaming)
+        else:
+            notes.append(f"load generator: {options.perf_analyzer}")
+        targets |= _start_bare(servers, pool, load, options, notes, target)
         with StatisticsProbe(target, options.model) as probe:
-            measured, bare = sweep(pool, options, progress, probe, has_bare, pid)
+            measured, bare = sweep(pool, options, progress, probe, targets, pid)
             if probe.unavailable:
                 notes.append(f"mean batch size n/a: {probe.unavailable}")
     # Both servers are stopped here: the model gets the machine to itself.
@@ -228,7 +251,7 @@ def execute(options: Options, console: Console) -> int:
             Level(
                 concurrency=tw.concurrency,
                 torchwire=tw,
-                bare=bare[index] if bare else None,
+                bare_flavors={BARE_FLAVORS[name]: results[index] for name, results in bare.items()},
                 inprocess=inprocess[index] if inprocess else None,
                 inprocess_batch_from=batch_from[index] if batch_from else None,
                 rows_per_request=rows,
@@ -272,22 +295,30 @@ def sweep(
     options: Options,
     progress: Progress,
     probe: StatisticsProbe,
-    has_bare: bool,
+    targets: dict[str, str],
     pid: int | None = None,
-) -> tuple[list[Measured], list[Measured] | None]:
-    """Each concurrency level against torchwire, then at once against the bare server.
+) -> tuple[list[Measured], dict[str, list[Measured]]]:
+    """Each concurrency level against torchwire, then at once against each bare server.
 
     Alternating level by level, rather than sweeping one server and then the other, keeps each
     ratio's two halves seconds apart: a shared machine drifts by tens of percent over minutes.
     The idle server meanwhile costs nothing measurable.
     """
     measured: list[Measured] = []
-    bare: list[Measured] = []
+    bare: dict[str, list[Measured]] = {name: [] for name in targets if name != TORCHWIRE}
+    version = None
+    if options.perf_analyzer is not None:
+        version = _served_version(targets[TORCHWIRE], options.model)
     for concurrency in options.concurrency:
-        measured.append(_level(pool, TORCHWIRE, concurrency, options, progress, probe, pid))
-        if has_bare:
-            bare.append(_level(pool, BARE, concurrency, options, progress, None))
-    return measured, (bare if has_bare else None)
+        for name in targets:
+            own = (probe, pid) if name == TORCHWIRE else (None, None)
+            if version is None:
+                result = _level(pool, name, concurrency, options, progress, *own)
+            else:
+                address = targets[name]
+                result = _perf_analyzer_level(address, name, version, concurrency, options, progress, *own)
+            (measured if name == TORCHWIRE else bare[name]).append(result)
+    return measured, bare
 
 
 def _level(
@@ -323,6 +354,52 @@ def _level(
     return measured
 
 
+def _perf_analyzer_level(
+    target: str,
+    name: str,
+    version: str,
+    concurrency: int,
+    options: Options,
+    progress: Progress,
+    probe: StatisticsProbe | None,
+    pid: int | None,
+) -> Measured:
+    assert options.perf_analyzer is not None
+    level = perfanalyzer.Level(concurrency, options.batch, options.duration, options.streaming)
+    task = progress.add_task(f"{name} c={concurrency} (perf_analyzer)", total=None)
+    # Counters span the whole run (its stabilizing windows too): the same load throughout.
+    before = probe.snapshot() if probe else None
+    cpu_before = processes.cpu_seconds(pid) if pid else None
+    started = time.monotonic()
+    try:
+        measured = perfanalyzer.run_level(options.perf_analyzer, target, options.model, version, level)
+    except perfanalyzer.PerfAnalyzerError as exc:
+        raise BenchError(f"{name} c={concurrency}: {exc}") from exc
+    finally:
+        progress.remove_task(task)
+    elapsed = time.monotonic() - started
+    cpu_after = processes.cpu_seconds(pid) if pid else None
+    after = probe.snapshot() if probe else None
+    measured = dataclasses.replace(measured, mean_batch_size=_rounded(mean_batch_size(before, after)))
+    if cpu_before is not None and cpu_after is not None and after is not None and before is not None:
+        requests = (after.inferences - before.inferences) / max(options.batch, 1)
+        if requests > 0:
+            cpu_us = (cpu_after - cpu_before) * 1e6 / requests
+            measured = dataclasses.replace(measured, server_cpu_us=round(cpu_us, 1))
+    progress.console.print(report.level_line(name, measured) + f" ({elapsed:.0f} s)", soft_wrap=True)
+    return measured
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _served_version(target: str, model: str) -> str:
+    with Client(target, timeout=10.0) as client:
+        versions = client.metadata(model).versions
+    return versions[-1] if versions else "1"
+
+
 def _wait_until(when: float, start_at: float, progress: Progress, task: TaskID) -> None:
     while (now := time.monotonic()) < when:
         progress.update(task, completed=max(0.0, now - start_at))
@@ -335,18 +412,35 @@ def _start_bare(
     load: workload.Workload,
     options: Options,
     notes: list[str],
-) -> bool:
-    """The bare server, started for the whole sweep; False when this is not a checkout."""
+    torchwire_target: str,
+) -> dict[str, str]:
+    """The bare servers (both flavors), started for the whole sweep: their targets by name; none
+    when this is not a checkout."""
     script = processes.bare_server_script()
     if script is None:
         notes.append("bare server ceiling skipped: benchmarks/bare_server.py is not here (installed wheel)")
-        return False
+        return {}
     if options.target is not None and not options.target.startswith(("127.", "localhost", "[::1]")):
         notes.append(f"the bare server runs on this machine; {options.target} may not: compare with care")
-    streams = options.workers if options.streaming else 0
-    target = servers.enter_context(processes.bare_server(script, load.output_specs(), streams=streams))
-    pool.connect(BARE, target, load.request, load.expected_outputs(), options.streaming)
-    return True
+    description = None
+    if options.perf_analyzer is None:
+        streams = options.workers if options.streaming else 0
+    else:
+        # perf_analyzer asks the bare server about the model first: it answers as torchwire described it.
+        folder = Path(servers.enter_context(tempfile.TemporaryDirectory(prefix="torchwire-bench-")))
+        description = folder / "describe.json"
+        perfanalyzer.describe(torchwire_target, options.model, description)
+        streams = max(options.concurrency) if options.streaming else 0  # at most a stream per request
+    targets = {}
+    for name, flavor in BARE_FLAVORS.items():
+        targets[name] = servers.enter_context(
+            processes.bare_server(
+                script, load.output_specs(), streams=streams, describe=description, aio=flavor == "aio"
+            )
+        )
+        if options.perf_analyzer is None:
+            pool.connect(name, targets[name], load.request, load.expected_outputs(), options.streaming)
+    return targets
 
 
 def _inprocess(
@@ -398,6 +492,7 @@ def _settings(options: Options) -> dict[str, Any]:
         "workers": options.workers,
         "torch_threads": options.torch_threads,
         "repository": str(options.repository) if options.repository else None,
+        "load_generator": options.perf_analyzer or "torchwire",
     }
 
 

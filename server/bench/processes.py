@@ -158,16 +158,28 @@ def resident_bytes(pid: int) -> int | None:
 
 @contextlib.contextmanager
 def bare_server(
-    script: Path, outputs: Sequence[str], *, streams: int = 0, timeout: float = 30.0
+    script: Path,
+    outputs: Sequence[str],
+    *,
+    streams: int = 0,
+    timeout: float = 30.0,
+    describe: Path | None = None,
+    aio: bool = False,
 ) -> Iterator[str]:
     """benchmarks/bare_server.py answering with `outputs` (NAME:DATATYPE:DIMS); yields its target.
 
     `streams`: how many ModelStreamInfer streams will be open at once; a sync grpc server holds a
     handler thread for each, so its pool gets that many threads more than its unary default.
+    `describe`: the model's description (perfanalyzer.describe) for perf_analyzer's own calls.
+    `aio`: the grpc.aio flavor instead of sync grpc.
     """
     command = [sys.executable, str(script), "--host", "127.0.0.1", "--port", "0", "--outputs", *outputs]
     if streams:
         command += ["--threads", str(BARE_UNARY_THREADS + streams)]
+    if describe is not None:
+        command += ["--describe", str(describe)]
+    if aio:
+        command.append("--aio")
     with _managed(command, stdout=subprocess.PIPE) as (proc, log):
         assert proc.stdout is not None
         port = _read_port(proc, proc.stdout, timeout)

@@ -56,10 +56,22 @@ def summarize(sample: Sample, mean_batch_size: float | None) -> Measured:
 class Level:
     concurrency: int
     torchwire: Measured
-    bare: Measured | None
+    bare_flavors: dict[str, Measured]  # the bare server by flavor ("sync", "aio"); empty: not measured
     inprocess: InProcess | None
     inprocess_batch_from: str | None  # "server": the batch it formed; "request": statistics were n/a
     rows_per_request: int
+
+    @property
+    def bare_flavor(self) -> str | None:
+        """The faster bare flavor at this level: the ceiling is the best a bare server did."""
+        if not self.bare_flavors:
+            return None
+        return max(self.bare_flavors, key=lambda flavor: self.bare_flavors[flavor].throughput)
+
+    @property
+    def bare(self) -> Measured | None:
+        flavor = self.bare_flavor
+        return None if flavor is None else self.bare_flavors[flavor]
 
     @property
     def vs_bare(self) -> float | None:
@@ -80,6 +92,8 @@ class Level:
             "concurrency": self.concurrency,
             "torchwire": asdict(self.torchwire),
             "bare": asdict(self.bare) if self.bare else None,
+            "bare_flavor": self.bare_flavor,
+            "bare_flavors": {flavor: asdict(m) for flavor, m in self.bare_flavors.items()},
             "inprocess": asdict(self.inprocess) if self.inprocess else None,
             "inprocess_batch_from": self.inprocess_batch_from,
             "ratios": {"vs_bare": self.vs_bare, "vs_inprocess": self.vs_inprocess},
