@@ -396,8 +396,7 @@ def _rounded(value: float | None) -> float | None:
 
 def _served_version(target: str, model: str) -> str:
     with Client(target, timeout=10.0) as client:
-        versions = client.metadata(model).versions
-    return versions[-1] if versions else "1"
+        return perfanalyzer.latest_version(client.metadata(model).versions)
 
 
 def _wait_until(when: float, start_at: float, progress: Progress, task: TaskID) -> None:

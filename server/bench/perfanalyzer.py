@@ -18,6 +18,7 @@ import json
 import re
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def describe(target: str, model: str, path: Path) -> str:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10.0)
         config = stub.ModelConfig(pb.ModelConfigRequest(name=model), timeout=10.0)
-    version = metadata.versions[-1] if metadata.versions else "1"
+    version = latest_version(metadata.versions)
     answers = {"metadata": metadata, "config": config}
     path.write_text(
         json.dumps(
@@ -61,6 +62,11 @@ def describe(target: str, model: str, path: Path) -> str:
         )
     )
     return version
+
+
+def latest_version(versions: Sequence[str]) -> str:
+    """The version perf_analyzer is told to load (`-x`): the newest one served."""
+    return versions[-1] if versions else "1"
 
 
 def command(binary: str, target: str, model: str, version: str, level: Level, csv_path: Path) -> list[str]:
