@@ -7,10 +7,12 @@ Batch forming rule (dynamic_batching):
   levels go first, and within a level requests go in arrival order.
 - With an instance free and the batch short of max_batch_size (or of the largest preferred size it
   has reached), the scheduler waits for batch-mates. It waits at most max_queue_delay, counted from
-  the oldest request's arrival, and only while waiting has been paying off, measured as a moving
-  average of the rows each recent wait added. When waits stop adding rows (a lone caller, a trickle),
-  requests go at once, so batching never makes a lone caller slower. Every 16th formation waits
-  anyway, to notice when load returns.
+  the oldest request's arrival, and only while waiting has been paying off at the batch's current
+  row count: for each row count it keeps a moving average of whether recent waits there gained a
+  row before the delay ran out. So a lone caller is computed at once, and two closed-loop callers
+  wait for each other but not, after a few tries, for a third that never comes: batching never
+  makes a caller wait out the delay for nothing. Every 16th formation waits anyway, to notice when
+  load returns.
 Without dynamic_batching, every request runs alone, still on an instance thread.
 
 Queue policy (Triton's): a full level answers QueueFull at once. A request whose timeout passes
@@ -82,7 +84,7 @@ class Scheduler:
         self.stats = stats
         levels = policy.priority_levels if policy is not None else 1
         self._levels: list[collections.deque[_Pending]] = [collections.deque() for _ in range(levels)]
-        self._payoff = 1.0  # optimistic until measured
+        self._payoff: dict[int, float] = {}  # by row count; optimistic (1.0) until measured
         self._formations = 0
         # asyncio objects are made lazily inside the running loop (constructors stay loop-free).
         self._wakeup: asyncio.Event | None = None
@@ -142,7 +144,7 @@ class Scheduler:
         timeout = _effective_timeout(queue_policy, timeout_s)
         if timeout is not None:
             pending.expiry = loop.call_later(timeout, _expire, pending, self._name, timeout)
-        if self._run_now():
+        if self._run_now(rows):
             # An instance is free, nothing waits and waiting for batch-mates does not pay off:
             # compute right here, without a trip through the dispatcher.
             await self._free.acquire()  # free, so this does not suspend
@@ -160,13 +162,13 @@ class Scheduler:
             if pending.expiry is not None:
                 pending.expiry.cancel()
 
-    def _run_now(self) -> bool:
+    def _run_now(self, rows: int) -> bool:
         assert self._free is not None
         if self._free.locked() or any(self._levels):
             return False
         if self._policy is None:
             return True
-        if self._payoff >= 0.5:
+        if self._pays_at(rows):
             return False
         self._formations += 1
         return self._formations % _PROBE_EVERY != 0  # now and then, queue anyway to notice load
@@ -231,21 +233,27 @@ class Scheduler:
             return [head]
         self._formations += 1
         probing = self._formations % _PROBE_EVERY == 0
-        start_rows = rows = self._compatible_rows(head)
+        rows = self._compatible_rows(head)
         deadline_ns = head.arrived_ns + int(self._policy.max_queue_delay_s * 1e9)
-        waited = False
-        while rows < self._target(rows) and (self._payoff >= 0.5 or probing):
+        while rows < self._target(rows) and (probing or self._pays_at(rows)):
             remaining = (deadline_ns - time.monotonic_ns()) / 1e9
             if remaining <= 0:
                 break
-            waited = True
+            before = rows
             await self._wait_for_arrival(remaining)
             head = await self._wait_for_work()
             rows = self._compatible_rows(head)
-        if waited:
-            gained = min(rows - start_rows, 1)
-            self._payoff = _PAYOFF_DECAY * self._payoff + (1 - _PAYOFF_DECAY) * max(gained, 0)
+            # A wait is judged when it ends for real: by a row gained, or by the delay running out.
+            if rows > before or time.monotonic_ns() >= deadline_ns:
+                self._learn(before, gained=rows > before)
         return self._take_batch(head)
+
+    def _pays_at(self, rows: int) -> bool:
+        return self._payoff.get(rows, 1.0) >= 0.5
+
+    def _learn(self, rows: int, *, gained: bool) -> None:
+        old = self._payoff.get(rows, 1.0)
+        self._payoff[rows] = _PAYOFF_DECAY * old + (1 - _PAYOFF_DECAY) * float(gained)
 
     def _target(self, rows: int) -> int:
         """The row count worth dispatching at: max_batch_size, or a preferred size just reached."""
