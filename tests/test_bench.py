@@ -200,13 +200,13 @@ def test_perf_analyzer_output_is_read_per_request() -> None:
         "    Throughput: 1588.13 infer/sec\n    Avg latency: 2514 usec (standard deviation 300 usec)\n"
         "  Server: \n    Avg request latency: 2000 usec (overhead 1 usec)\n"
     )
-    level = perfanalyzer.Level(concurrency=4, batch=2, duration_s=1.0, streaming=False)
-    measured = perfanalyzer.parse(csv_text, stdout, level)
+    load = perfanalyzer.Load(concurrency=4, batch=2, duration_s=1.0, streaming=False)
+    measured = perfanalyzer.parse(csv_text, stdout, load)
     assert measured.throughput == pytest.approx(794.1, abs=0.1)  # inferences are rows: 2 a request
     assert (measured.p50_ms, measured.p90_ms, measured.p99_ms) == (2.546, 2.806, 3.222)
     assert measured.mean_ms == 2.514 and measured.completed == 5718
-    command = perfanalyzer.command("pa", "127.0.0.1:1", "simple", "1", level, Path("out.csv"))
+    command = perfanalyzer.command("pa", "127.0.0.1:1", "simple", "1", load, Path("out.csv"))
     assert command[command.index("--concurrency-range") + 1] == "4"
     assert command[command.index("-b") + 1] == "2" and "--streaming" not in command
     with pytest.raises(perfanalyzer.PerfAnalyzerError, match="no measurement"):
-        perfanalyzer.parse(csv_text.splitlines()[0], stdout, level)
+        perfanalyzer.parse(csv_text.splitlines()[0], stdout, load)

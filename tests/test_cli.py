@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,19 +60,26 @@ def _wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float)
     raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
 
 
-@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
-def test_serve_logs_address_and_models_then_stops_on_sigterm(event_loop: str) -> None:
-    env = {
-        **os.environ,
-        "TORCHWIRE_HOST": "127.0.0.1",
-        "TORCHWIRE_PORT": "0",
-        "TORCHWIRE_TORCH_THREADS": "1",
-        "TORCHWIRE_EVENT_LOOP": event_loop,
-    }
+@contextlib.contextmanager
+def _serve(**variables: str) -> Iterator[subprocess.Popen[str]]:
+    """`torchwire serve` on a free 127.0.0.1 port with these TORCHWIRE_* variables; killed if the
+    test leaves it running, even when it fails."""
+    env = {**os.environ, "TORCHWIRE_HOST": "127.0.0.1", "TORCHWIRE_PORT": "0", "TORCHWIRE_TORCH_THREADS": "1"}
+    env |= {f"TORCHWIRE_{name.upper()}": value for name, value in variables.items()}
     process = subprocess.Popen(
         [str(TORCHWIRE), "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
     try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_serve_logs_address_and_models_then_stops_on_sigterm(event_loop: str) -> None:
+    with _serve(event_loop=event_loop) as process:
         line = _wait_for_line(process, r"listening on 127\.0\.0\.1:(\d+) .*event loop (\w+)", 120)
         port = int(line.group(1))
         assert line.group(2) == event_loop
@@ -83,10 +92,6 @@ def test_serve_logs_address_and_models_then_stops_on_sigterm(event_loop: str) ->
             np.testing.assert_array_equal(out["OUTPUT0"], a + a)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
 
 
 def test_readme_documents_every_setting() -> None:
@@ -96,18 +101,7 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_json_logs_are_one_object_per_line() -> None:
-    env = {
-        **os.environ,
-        "TORCHWIRE_HOST": "127.0.0.1",
-        "TORCHWIRE_PORT": "0",
-        "TORCHWIRE_TORCH_THREADS": "1",
-        "TORCHWIRE_METRICS_PORT": "0",
-        "TORCHWIRE_LOG_FORMAT": "json",
-    }
-    process = subprocess.Popen(
-        [str(TORCHWIRE), "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-    )
-    try:
+    with _serve(metrics_port="0", log_format="json") as process:
         assert process.stderr is not None
         line = process.stderr.readline()
         record = json.loads(line)
@@ -116,7 +110,3 @@ def test_json_logs_are_one_object_per_line() -> None:
         _wait_for_line(process, r'"message": "server ready"', 120)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)

@@ -34,7 +34,7 @@ from . import ceilings, perfanalyzer, processes, report, workload
 from .batchstats import StatisticsProbe, mean_batch_size
 from .loadgen import LoadError, WorkerPool
 from .plot import write_png
-from .results import Level, Measured, Run, summarize
+from .results import Level, Measured, Run, rounded_batch, summarize
 
 START_MARGIN_S = 0.1  # from sending a level's command to its workers to its first request
 INPROCESS_MAX_S = 2.0  # the model alone is steady: this long per batch size is plenty
@@ -343,10 +343,7 @@ def _level(
     cpu_after = processes.cpu_seconds(pid) if pid else None
     after = probe.snapshot() if probe else None
     measured = summarize(pool.collect(), mean_batch_size(before, after))
-    if cpu_before is not None and cpu_after is not None and measured.completed:
-        # CPU per request that stays flat as concurrency rises means no thread oversubscription.
-        cpu_us = (cpu_after - cpu_before) * 1e6 / (measured.throughput * options.duration)
-        measured = dataclasses.replace(measured, server_cpu_us=round(cpu_us, 1))
+    measured = _with_server_cpu(measured, cpu_before, cpu_after, measured.throughput * options.duration)
     progress.remove_task(task)
     progress.console.print(report.level_line(name, measured), soft_wrap=True)
     if measured.problem:
@@ -365,14 +362,14 @@ def _perf_analyzer_level(
     pid: int | None,
 ) -> Measured:
     assert options.perf_analyzer is not None
-    level = perfanalyzer.Level(concurrency, options.batch, options.duration, options.streaming)
+    load = perfanalyzer.Load(concurrency, options.batch, options.duration, options.streaming)
     task = progress.add_task(f"{name} c={concurrency} (perf_analyzer)", total=None)
     # Counters span the whole run (its stabilizing windows too): the same load throughout.
     before = probe.snapshot() if probe else None
     cpu_before = processes.cpu_seconds(pid) if pid else None
     started = time.monotonic()
     try:
-        measured = perfanalyzer.run_level(options.perf_analyzer, target, options.model, version, level)
+        measured = perfanalyzer.run_level(options.perf_analyzer, target, options.model, version, load)
     except perfanalyzer.PerfAnalyzerError as exc:
         raise BenchError(f"{name} c={concurrency}: {exc}") from exc
     finally:
@@ -380,18 +377,22 @@ def _perf_analyzer_level(
     elapsed = time.monotonic() - started
     cpu_after = processes.cpu_seconds(pid) if pid else None
     after = probe.snapshot() if probe else None
-    measured = dataclasses.replace(measured, mean_batch_size=_rounded(mean_batch_size(before, after)))
-    if cpu_before is not None and cpu_after is not None and after is not None and before is not None:
-        requests = (after.inferences - before.inferences) / max(options.batch, 1)
-        if requests > 0:
-            cpu_us = (cpu_after - cpu_before) * 1e6 / requests
-            measured = dataclasses.replace(measured, server_cpu_us=round(cpu_us, 1))
+    measured = dataclasses.replace(measured, mean_batch_size=rounded_batch(mean_batch_size(before, after)))
+    # perf_analyzer's own count covers only its last windows: the server's counters span the run.
+    requests = (after.inferences - before.inferences) / options.batch if after and before else 0.0
+    measured = _with_server_cpu(measured, cpu_before, cpu_after, requests)
     progress.console.print(report.level_line(name, measured) + f" ({elapsed:.0f} s)", soft_wrap=True)
     return measured
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+def _with_server_cpu(
+    measured: Measured, cpu_before: float | None, cpu_after: float | None, requests: float
+) -> Measured:
+    """`measured` with the server's CPU per request, when it was read. Flat or falling as
+    concurrency rises means no thread oversubscription."""
+    if cpu_before is None or cpu_after is None or requests <= 0:
+        return measured
+    return dataclasses.replace(measured, server_cpu_us=round((cpu_after - cpu_before) * 1e6 / requests, 1))
 
 
 def _served_version(target: str, model: str) -> str:

@@ -40,7 +40,9 @@ class PerfAnalyzerError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class Level:
+class Load:
+    """What one level asks of perf_analyzer."""
+
     concurrency: int
     batch: int
     duration_s: float
@@ -69,31 +71,31 @@ def latest_version(versions: Sequence[str]) -> str:
     return versions[-1] if versions else "1"
 
 
-def command(binary: str, target: str, model: str, version: str, level: Level, csv_path: Path) -> list[str]:
+def command(binary: str, target: str, model: str, version: str, load: Load, csv_path: Path) -> list[str]:
     args = [
         binary,
         "-m", model,
         "-x", version,
         "-i", "grpc",
         "-u", target,
-        "-b", str(level.batch),
-        "--concurrency-range", str(level.concurrency),
-        "--measurement-interval", str(max(1, round(level.duration_s * 1000))),
+        "-b", str(load.batch),
+        "--concurrency-range", str(load.concurrency),
+        "--measurement-interval", str(max(1, round(load.duration_s * 1000))),
         "--stability-percentage", str(STABILITY_PERCENT),
         "--max-trials", str(MAX_TRIALS),
         "-f", str(csv_path),
     ]  # fmt: skip
-    return args + (["--streaming"] if level.streaming else [])
+    return args + (["--streaming"] if load.streaming else [])
 
 
-def run_level(binary: str, target: str, model: str, version: str, level: Level) -> Measured:
-    """One perf_analyzer run at `level`; Measured without batch size or CPU (the caller adds them)."""
+def run_level(binary: str, target: str, model: str, version: str, load: Load) -> Measured:
+    """One perf_analyzer run under `load`; Measured without batch size or CPU (the caller adds them)."""
     with tempfile.TemporaryDirectory(prefix="torchwire-pa-") as folder:
         csv_path = Path(folder) / "level.csv"
-        timeout = (MAX_TRIALS + 2) * level.duration_s + 120
+        timeout = (MAX_TRIALS + 2) * load.duration_s + 120
         try:
             done = subprocess.run(
-                command(binary, target, model, version, level, csv_path),
+                command(binary, target, model, version, load, csv_path),
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -104,10 +106,10 @@ def run_level(binary: str, target: str, model: str, version: str, level: Level) 
         if done.returncode != 0 or not csv_path.is_file():
             words = (done.stdout + done.stderr).strip().splitlines()[-3:]
             raise PerfAnalyzerError(f"perf_analyzer exited {done.returncode}: {' / '.join(words)}")
-        return parse(csv_path.read_text(), done.stdout, level)
+        return parse(csv_path.read_text(), done.stdout, load)
 
 
-def parse(csv_text: str, stdout: str, level: Level) -> Measured:
+def parse(csv_text: str, stdout: str, load: Load) -> Measured:
     rows = list(csv.DictReader(csv_text.splitlines()))
     if not rows:
         raise PerfAnalyzerError("perf_analyzer wrote no measurement")
@@ -119,8 +121,8 @@ def parse(csv_text: str, stdout: str, level: Level) -> Measured:
         return round(float(row[column]) / 1000, 4)  # perf_analyzer reports microseconds
 
     return Measured(
-        concurrency=level.concurrency,
-        throughput=round(float(row["Inferences/Second"]) / level.batch, 1),  # requests, as ours
+        concurrency=load.concurrency,
+        throughput=round(float(row["Inferences/Second"]) / load.batch, 1),  # requests, as ours
         completed=int(counts[-1]) if counts else 0,
         p50_ms=ms("p50 latency"),
         p90_ms=ms("p90 latency"),

@@ -32,6 +32,10 @@ class Measured:
         return sum(self.errors.values())
 
 
+def rounded_batch(mean_batch_size: float | None) -> float | None:
+    return None if mean_batch_size is None else round(mean_batch_size, 3)
+
+
 def summarize(sample: Sample, mean_batch_size: float | None) -> Measured:
     latencies_ms = sample.latencies_ns / 1e6
     p50 = p90 = p99 = mean = None  # no successful request: no latency to report
@@ -47,7 +51,7 @@ def summarize(sample: Sample, mean_batch_size: float | None) -> Measured:
         p99_ms=p99,
         mean_ms=mean,
         errors=dict(sample.errors),
-        mean_batch_size=None if mean_batch_size is None else round(mean_batch_size, 3),
+        mean_batch_size=rounded_batch(mean_batch_size),
         problem=sample.problem,
     )
 
