@@ -7,7 +7,14 @@
 Needs only grpcio, protobuf and numpy: no torch.
 """
 
-from ._calls import USE_CLIENT_DEFAULT, ModelMetadata, ServerMetadata, StreamResult, TensorMetadata
+from ._calls import (
+    USE_CLIENT_DEFAULT,
+    ChannelOptions,
+    ModelMetadata,
+    ServerMetadata,
+    StreamResult,
+    TensorMetadata,
+)
 from ._codec import CodecError
 from ._errors import InferenceError
 from .aio import AsyncClient
@@ -16,6 +23,7 @@ from .sync import Client
 __all__ = [
     "USE_CLIENT_DEFAULT",
     "AsyncClient",
+    "ChannelOptions",
     "Client",
     "CodecError",
     "InferenceError",

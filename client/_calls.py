@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import grpc
 import numpy as np
@@ -60,14 +60,18 @@ def channel_options(
     *,
     retries: int = 5,
     round_robin: bool = False,
+    health_check: bool = True,
     keepalive_s: float | None = None,
 ) -> list[tuple[str, Any]]:
-    """Message size limits, retries on UNAVAILABLE, optional round_robin and keepalive; `extra` wins."""
+    """Message size limits, retries, optional round_robin (health-checked) and keepalive; `extra` wins."""
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.enable_retries", 1 if retries > 1 else 0),
-        ("grpc.service_config", retry_service_config(round_robin=round_robin, max_attempts=retries)),
+        (
+            "grpc.service_config",
+            retry_service_config(round_robin=round_robin, health_check=health_check, max_attempts=retries),
+        ),
     ]
     if keepalive_s is not None:
         options += [
@@ -189,10 +193,18 @@ class Reorder:
         return ready
 
 
-def retry_service_config(*, round_robin: bool, max_attempts: int = 5) -> str:
-    """gRPC service config: retry every inference RPC on UNAVAILABLE (inference is idempotent).
+def retry_service_config(*, round_robin: bool, health_check: bool = True, max_attempts: int = 5) -> str:
+    """gRPC service config: retries, and with round_robin, client-side health checking.
 
-    gRPC allows 2 to 5 attempts; `max_attempts` below 2 turns retries off.
+    Every inference RPC is retried on UNAVAILABLE and CANCELLED (inference is idempotent). A server
+    that shuts down cancels the calls its transport received but had not yet handed to a handler, so
+    CANCELLED from a server means "never ran", as Istio's default retry policy assumes. A caller's own
+    cancellation is never retried. gRPC allows 2 to 5 attempts; `max_attempts` below 2 turns retries
+    off.
+
+    With round_robin and health_check the channel watches each address's grpc.health.v1 status
+    (service "", which torchwire ties to readiness) and picks only SERVING ones, so a draining replica
+    stops getting calls before it closes. A server without the health service counts as SERVING.
     """
     config: dict[str, Any] = {}
     if max_attempts >= 2:
@@ -201,13 +213,15 @@ def retry_service_config(*, round_robin: bool, max_attempts: int = 5) -> str:
             "initialBackoff": "0.05s",
             "maxBackoff": "2s",
             "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
+            "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
         }
         config["methodConfig"] = [
             {"name": [{"service": "inference.GRPCInferenceService"}], "retryPolicy": retry}
         ]
     if round_robin:
         config["loadBalancingConfig"] = [{"round_robin": {}}]
+        if health_check:
+            config["healthCheckConfig"] = {"serviceName": ""}
     return json.dumps(config)
 
 
@@ -234,26 +248,61 @@ class ChannelPlan:
     metadata: tuple[tuple[str, str], ...] | None
 
 
+class ChannelOptions(TypedDict, total=False):
+    """How Client and AsyncClient reach their servers: their keyword arguments besides `timeout`.
+
+    max_message_bytes  largest message sent or received (64 MiB)
+    credentials        any grpc.ChannelCredentials; or tls_ca (+ tls_cert and tls_key for mutual
+                       TLS) as PEM file paths
+    token              sent as `authorization: Bearer <token>` on every call
+    retries            attempts in all for a call answered UNAVAILABLE or CANCELLED (5; 1 turns
+                       retries off)
+    round_robin        spread calls over every address of the target
+    health_check       with round_robin, skip addresses whose grpc.health.v1 status is not SERVING
+                       (True; turn off for servers that require the token for health)
+    keepalive_s        ping idle connections this often, to keep streams alive through proxies
+    options            extra grpc channel options; they win over the ones above
+    """
+
+    max_message_bytes: int
+    credentials: grpc.ChannelCredentials | None
+    tls_ca: str | Path | None
+    tls_cert: str | Path | None
+    tls_key: str | Path | None
+    token: str | None
+    retries: int
+    round_robin: bool
+    health_check: bool
+    keepalive_s: float | None
+    options: Sequence[tuple[str, Any]]
+
+
 def plan_channel(
     target: str | Sequence[str],
     *,
-    max_message_bytes: int,
-    credentials: grpc.ChannelCredentials | None,
-    tls_ca: str | Path | None,
-    tls_cert: str | Path | None,
-    tls_key: str | Path | None,
-    token: str | None,
-    retries: int,
-    round_robin: bool,
-    keepalive_s: float | None,
-    options: Sequence[tuple[str, Any]],
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ChannelCredentials | None = None,
+    tls_ca: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    token: str | None = None,
+    retries: int = 5,
+    round_robin: bool = False,
+    health_check: bool = True,
+    keepalive_s: float | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> ChannelPlan:
     if credentials is None and (tls_ca or tls_cert or tls_key):
         credentials = tls_credentials(tls_ca, tls_cert, tls_key)
     return ChannelPlan(
         channel_target(target),
         channel_options(
-            max_message_bytes, options, retries=retries, round_robin=round_robin, keepalive_s=keepalive_s
+            max_message_bytes,
+            options,
+            retries=retries,
+            round_robin=round_robin,
+            health_check=health_check,
+            keepalive_s=keepalive_s,
         ),
         credentials,
         auth_metadata(token),

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import grpc
 import grpc.aio
@@ -32,30 +31,9 @@ class AsyncClient:
         target: str | Sequence[str],
         *,
         timeout: float | None = None,
-        max_message_bytes: int = _calls.DEFAULT_MAX_MESSAGE_BYTES,
-        credentials: grpc.ChannelCredentials | None = None,
-        tls_ca: str | Path | None = None,
-        tls_cert: str | Path | None = None,
-        tls_key: str | Path | None = None,
-        token: str | None = None,
-        retries: int = 5,
-        round_robin: bool = False,
-        keepalive_s: float | None = None,
-        options: Sequence[tuple[str, Any]] = (),
+        **channel: Unpack[_calls.ChannelOptions],
     ) -> None:
-        plan = _calls.plan_channel(
-            target,
-            max_message_bytes=max_message_bytes,
-            credentials=credentials,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            token=token,
-            retries=retries,
-            round_robin=round_robin,
-            keepalive_s=keepalive_s,
-            options=options,
-        )
+        plan = _calls.plan_channel(target, **channel)
         self._metadata = plan.metadata
         self._channel = (
             grpc.aio.secure_channel(plan.target, plan.credentials, plan.options)

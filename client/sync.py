@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import grpc
 import numpy.typing as npt
@@ -22,10 +21,10 @@ class Client:
     """A blocking client for one torchwire (or any Open Inference Protocol v2) server.
 
     `target` is a gRPC target ("host:port", or "dns:///name:port" with round_robin=True to spread
-    calls over every address the name resolves to) or a list of "ip:port" addresses. Unary calls are
-    retried on UNAVAILABLE with exponential backoff (`retries` attempts in all; inference is
-    idempotent). For TLS pass `tls_ca` (and `tls_cert` + `tls_key` for mutual TLS) as PEM file paths,
-    or any `credentials`. `token` is sent as `authorization: Bearer <token>` on every call.
+    calls over every address the name resolves to) or a list of "ip:port" addresses. `timeout` is
+    the default deadline of each call. The other keyword arguments (TLS, token, retries, round_robin,
+    health_check, keepalive_s, options) are listed in `ChannelOptions`. Calls answered UNAVAILABLE or
+    CANCELLED are retried with exponential backoff (inference is idempotent).
     """
 
     def __init__(
@@ -33,30 +32,9 @@ class Client:
         target: str | Sequence[str],
         *,
         timeout: float | None = None,
-        max_message_bytes: int = _calls.DEFAULT_MAX_MESSAGE_BYTES,
-        credentials: grpc.ChannelCredentials | None = None,
-        tls_ca: str | Path | None = None,
-        tls_cert: str | Path | None = None,
-        tls_key: str | Path | None = None,
-        token: str | None = None,
-        retries: int = 5,
-        round_robin: bool = False,
-        keepalive_s: float | None = None,
-        options: Sequence[tuple[str, Any]] = (),
+        **channel: Unpack[_calls.ChannelOptions],
     ) -> None:
-        plan = _calls.plan_channel(
-            target,
-            max_message_bytes=max_message_bytes,
-            credentials=credentials,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            token=token,
-            retries=retries,
-            round_robin=round_robin,
-            keepalive_s=keepalive_s,
-            options=options,
-        )
+        plan = _calls.plan_channel(target, **channel)
         self._metadata = plan.metadata
         self._channel = (
             grpc.secure_channel(plan.target, plan.credentials, plan.options)

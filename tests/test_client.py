@@ -29,6 +29,7 @@ def test_public_api_is_explicit() -> None:
         [
             "USE_CLIENT_DEFAULT",
             "AsyncClient",
+            "ChannelOptions",
             "Client",
             "CodecError",
             "InferenceError",

@@ -1,4 +1,5 @@
-"""One client spreads calls over three servers, and keeps succeeding while one of them stops."""
+"""One client spreads calls over three servers, skips one whose health says NOT_SERVING, and keeps
+succeeding while one of them stops."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving import RunningServer, running_server
+from serving import RunningServer, running_server, wait_until
 from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -34,10 +36,57 @@ def simple_inputs(i: int) -> dict[str, np.ndarray]:
     return {"INPUT0": a, "INPUT1": a}
 
 
+def predict_many(client: Client, count: int) -> None:
+    for i in range(count):
+        assert client.predict("simple", simple_inputs(i))["OUTPUT0"][0, 0] == 2 * i
+
+
+def test_health_watch_streams_readiness_changes(replicas: list[RunningServer]) -> None:
+    server = replicas[0]
+    with grpc.insecure_channel(server.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        readiness = stub.Watch(health_pb2.HealthCheckRequest(service="readiness"), timeout=60)
+        liveness = stub.Watch(health_pb2.HealthCheckRequest(service="liveness"), timeout=60)
+        assert next(readiness).status == health_pb2.HealthCheckResponse.SERVING
+        assert next(liveness).status == health_pb2.HealthCheckResponse.SERVING
+        server.call(server.app.health.drain())  # what a stop does first
+        assert next(readiness).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        readiness.cancel()
+        liveness.cancel()
+
+
+@pytest.mark.parametrize("health_check", [True, False])
+def test_round_robin_skips_a_replica_whose_health_says_not_serving(
+    replicas: list[RunningServer], health_check: bool
+) -> None:
+    draining = replicas[1]
+    with Client(
+        [r.target for r in replicas], round_robin=True, health_check=health_check, timeout=60
+    ) as client:
+        predict_many(client, 30)
+        assert successes(draining) > 0  # in the rotation to begin with
+        draining.call(draining.app.health.drain())  # NOT_SERVING, yet still answering calls
+        if not health_check:
+            before = successes(draining)
+            predict_many(client, 60)
+            assert successes(draining) > before  # without health checking the client keeps picking it
+            return
+
+        def skipped() -> bool:
+            before = successes(draining)
+            predict_many(client, 30)
+            return successes(draining) == before
+
+        wait_until(skipped, "the client stops picking the NOT_SERVING replica")
+        before, others = successes(draining), successes(replicas[0]) + successes(replicas[2])
+        predict_many(client, 90)
+        assert successes(draining) == before
+        assert successes(replicas[0]) + successes(replicas[2]) == others + 90
+
+
 def test_round_robin_spreads_calls_fairly(replicas: list[RunningServer]) -> None:
     with Client([r.target for r in replicas], round_robin=True, timeout=60) as client:
-        for i in range(300):
-            assert client.predict("simple", simple_inputs(i))["OUTPUT0"][0, 0] == 2 * i
+        predict_many(client, 300)
     shares = [successes(r) for r in replicas]
     assert sum(shares) == 300
     assert all(60 <= share <= 140 for share in shares), shares  # round robin: about 100 each

@@ -8,6 +8,7 @@ handler answers it with INVALID_ARGUMENT naming the message type; streams see th
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -67,14 +68,26 @@ def _guard_unary(behavior: Any, gate: Gate | None) -> Any:
 
 
 def _guard_unary_stream(behavior: Any) -> Any:
+    # Servicers answer a server stream either as an async generator (ours) or as a coroutine that
+    # calls context.write (grpc_health's Watch); grpc.aio accepts both, and so must the guard.
+    if inspect.isasyncgenfunction(behavior):
+
+        @functools.wraps(behavior)
+        async def generate(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            if isinstance(request, Undecodable):
+                await context.abort(request.code, request.message)
+            async for response in behavior(request, context):
+                yield response
+
+        return generate
+
     @functools.wraps(behavior)
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def write(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if isinstance(request, Undecodable):
             await context.abort(request.code, request.message)
-        async for response in behavior(request, context):
-            yield response
+        await behavior(request, context)
 
-    return handler
+    return write
 
 
 def _method_handler(
