@@ -1,16 +1,13 @@
 """Loads a TorchScript model and runs its forward pass on numpy batches, off the event loop.
 
-Each model owns a thread pool with one thread per instance; every forward pass runs there, so the
-event loop never waits on torch. Each thread sets its own intra-op thread count when it starts,
-because OpenMP's team size is per calling thread.
+Each model owns one thread per instance (instances.py); every forward pass runs there, so the event
+loop never waits on torch.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import torch
 
 from ..errors import ConfigError, ModelExecutionError
 from ..repository import ModelSpec, TensorSpec
+from .instances import Instances
 from .warmup import warmup_batches
 
 Array = npt.NDArray[Any]
@@ -66,17 +64,13 @@ class TorchScriptModel:
         self._module = module
         self._threads = threads
         self._batched = spec.max_batch_size > 0
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=spec.instances,
-            thread_name_prefix=f"torchwire-{spec.name}",
-            initializer=torch.set_num_threads,
-            initargs=(threads,),
+        self._instances: Instances[Sequence[Array], list[Array]] = Instances(
+            self.forward, count=spec.instances, threads=threads, name=f"torchwire-{spec.name}"
         )
 
-    async def run(self, inputs: Sequence[Array]) -> list[Array]:
+    def run(self, inputs: Sequence[Array]) -> Awaitable[list[Array]]:
         """The model's outputs (config order) for inputs in config order; runs in an instance thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.forward, inputs)
+        return self._instances.submit(inputs)
 
     def forward(self, inputs: Sequence[Array]) -> list[Array]:
         spec = self.spec
@@ -117,7 +111,7 @@ class TorchScriptModel:
         return arrays
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._instances.close()
 
 
 def _first_line(exc: BaseException) -> str:
