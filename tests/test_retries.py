@@ -111,3 +111,13 @@ def test_one_attempt_turns_retries_off(failing: tuple[str, FailingFirst]) -> Non
         client.predict("m", {"INPUT__0": ONES})
     assert caught.value.code is grpc.StatusCode.CANCELLED
     assert behavior.attempts == 1
+
+
+def test_round_robin_over_servers_without_a_health_service(failing: tuple[str, FailingFirst]) -> None:
+    # gRPC treats an address whose health service is UNIMPLEMENTED as healthy, so health_check=True
+    # (the default) still works against servers that do not serve grpc.health.v1.
+    target, behavior = failing
+    behavior.arm(grpc.StatusCode.UNAVAILABLE, failures=0)
+    with Client([target, target], round_robin=True, timeout=60) as client:
+        np.testing.assert_array_equal(client.predict("m", {"INPUT__0": ONES})["OUTPUT__0"], ONES)
+    assert behavior.attempts == 1
