@@ -85,32 +85,24 @@ def test_the_async_client_retries_the_same_way(failing: tuple[str, FailingFirst]
     assert behavior.attempts == 2
 
 
-def test_errors_that_would_fail_again_are_not_retried(failing: tuple[str, FailingFirst]) -> None:
+@pytest.mark.parametrize(
+    ("code", "retries", "attempts"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 5, 1),  # would fail again: never retried
+        (grpc.StatusCode.UNAVAILABLE, 3, 3),  # retried until the attempt budget runs out
+        (grpc.StatusCode.CANCELLED, 1, 1),  # one attempt turns retries off
+    ],
+)
+def test_failures_that_are_not_retried_away(
+    failing: tuple[str, FailingFirst], code: grpc.StatusCode, retries: int, attempts: int
+) -> None:
     target, behavior = failing
-    behavior.arm(grpc.StatusCode.INVALID_ARGUMENT, failures=1)
-    with Client(target, timeout=60) as client, pytest.raises(InferenceError) as caught:
+    behavior.arm(code, failures=100)
+    with Client(target, timeout=60, retries=retries) as client, pytest.raises(InferenceError) as caught:
         client.predict("m", {"INPUT__0": ONES})
-    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert "INVALID_ARGUMENT" in caught.value.message
-    assert behavior.attempts == 1
-
-
-def test_retries_stop_after_the_attempt_budget(failing: tuple[str, FailingFirst]) -> None:
-    target, behavior = failing
-    behavior.arm(grpc.StatusCode.UNAVAILABLE, failures=100)
-    with Client(target, timeout=60, retries=3) as client, pytest.raises(InferenceError) as caught:
-        client.predict("m", {"INPUT__0": ONES})
-    assert caught.value.code is grpc.StatusCode.UNAVAILABLE
-    assert behavior.attempts == 3
-
-
-def test_one_attempt_turns_retries_off(failing: tuple[str, FailingFirst]) -> None:
-    target, behavior = failing
-    behavior.arm(grpc.StatusCode.CANCELLED, failures=1)
-    with Client(target, timeout=60, retries=1) as client, pytest.raises(InferenceError) as caught:
-        client.predict("m", {"INPUT__0": ONES})
-    assert caught.value.code is grpc.StatusCode.CANCELLED
-    assert behavior.attempts == 1
+    assert caught.value.code is code
+    assert f"failed on purpose with {code.name}" in caught.value.message
+    assert behavior.attempts == attempts
 
 
 def test_round_robin_over_servers_without_a_health_service(failing: tuple[str, FailingFirst]) -> None:
