@@ -118,6 +118,21 @@ def test_tritonclient_and_grpcurl_send_the_token(guarded: RunningServer) -> None
     assert allowed.returncode == 0 and "inference.GRPCInferenceService" in allowed.stdout
 
 
+def test_round_robin_against_closed_health_needs_health_check_off(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    with running_server(auth_token_file=tokens, auth_health=True) as server:
+        targets = [server.target, server.target]
+        # gRPC's health-check stream carries no call metadata, so the token cannot reach it.
+        with Client(targets, token=TOKEN, round_robin=True, timeout=30) as client:
+            with pytest.raises(InferenceError) as caught:
+                simple(client)
+            assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+            assert "health check" in caught.value.message
+        with Client(targets, token=TOKEN, round_robin=True, health_check=False, timeout=30) as client:
+            assert simple(client) == 2
+
+
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo: Path = tmp_path_factory.mktemp("limited")
