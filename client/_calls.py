@@ -70,7 +70,7 @@ def channel_options(
         ("grpc.enable_retries", 1 if retries > 1 else 0),
         (
             "grpc.service_config",
-            retry_service_config(round_robin=round_robin, health_check=health_check, max_attempts=retries),
+            service_config(round_robin=round_robin, health_check=health_check, max_attempts=retries),
         ),
     ]
     if keepalive_s is not None:
@@ -193,7 +193,7 @@ class Reorder:
         return ready
 
 
-def retry_service_config(*, round_robin: bool, health_check: bool = True, max_attempts: int = 5) -> str:
+def service_config(*, round_robin: bool, health_check: bool = True, max_attempts: int = 5) -> str:
     """gRPC service config: retries, and with round_robin, client-side health checking.
 
     Every inference RPC is retried on UNAVAILABLE and CANCELLED (inference is idempotent). A server
