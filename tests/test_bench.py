@@ -34,6 +34,24 @@ SIMPLE = ModelMetadata(
 )
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["bench", "--model", "mlp", "--concurrency", "0"],
+            "torchwire bench: --concurrency levels must be >= 1",
+        ),
+        (["soak", "--model", "mlp", "--duration", "-1"], "torchwire soak: --duration must be > 0"),
+    ],
+)
+def test_bad_options_exit_2_naming_the_option(arguments: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "torchwire.server", *arguments], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stdout
+
+
 def test_short_run_writes_sane_results(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "torchwire.server", "bench", "--model", "mlp"]
     command += ["--concurrency", "1,4", "--duration", "1", "--warmup", "0.3", "--out", str(tmp_path)]

@@ -20,10 +20,10 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -167,37 +167,56 @@ def register(commands: Any) -> None:
     soak.register(commands)
 
 
-def run(args: argparse.Namespace) -> int:
+Opts = TypeVar("Opts")
+# What a run can fail with that is the load's or the server's fault, not a bug: printed, exit 1.
+EXPECTED_FAILURES = (LoadError, BenchError, processes.StartError, InferenceError)
+
+
+def run_command(
+    command: str,
+    options: Callable[[], Opts],
+    execute: Callable[[Opts, Console], int],
+    explain: Callable[[Exception, Opts], tuple[str, int]] | None = None,
+) -> int:
+    """Run `torchwire <command>`: bad options exit 2; Ctrl-C and SIGTERM stop every server and
+    worker the run started and exit 130; an expected failure prints `explain`'s message (by default
+    the exception's) and exits with its code (by default 1)."""
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # a log file or pipe: keep the table's rows whole
     try:
-        options = Options.from_args(args)
+        parsed = options()
     except ValueError as exc:
-        console.print(f"torchwire bench: {exc}", style="red")
+        console.print(f"torchwire {command}: {exc}", style="red")
         return EXIT_USAGE
     # SIGTERM unwinds like Ctrl-C, so the servers and workers this run started are always stopped.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return execute(options, console)
+        return execute(parsed, console)
     except KeyboardInterrupt:
-        console.print("torchwire bench: interrupted (servers and workers stopped)", style="yellow")
+        console.print(f"torchwire {command}: interrupted (servers and workers stopped)", style="yellow")
         return EXIT_INTERRUPTED
-    except LoadError as exc:
-        if exc.code == "UNIMPLEMENTED" and options.streaming:
-            console.print(
-                f"torchwire bench: the server does not implement ModelStreamInfer ({exc.message}); "
-                "run without --streaming",
-                style="red",
-            )
-            return EXIT_UNIMPLEMENTED
-        console.print(f"torchwire bench: the load generator failed: {exc}", style="red")
-        return EXIT_FAILED
-    except (BenchError, processes.StartError, InferenceError) as exc:
-        console.print(f"torchwire bench: {exc}", style="red")
-        return EXIT_FAILED
+    except EXPECTED_FAILURES as exc:
+        message, code = explain(exc, parsed) if explain is not None else (str(exc), EXIT_FAILED)
+        console.print(f"torchwire {command}: {message}", style="red")
+        return code
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_command("bench", lambda: Options.from_args(args), execute, _explain)
+
+
+def _explain(exc: Exception, options: Options) -> tuple[str, int]:
+    if isinstance(exc, LoadError):
+        if exc.code == "UNIMPLEMENTED" and options.streaming:
+            return (
+                f"the server does not implement ModelStreamInfer ({exc.message}); run without --streaming",
+                EXIT_UNIMPLEMENTED,
+            )
+        return f"the load generator failed: {exc}", EXIT_FAILED
+    return str(exc), EXIT_FAILED
 
 
 def _interrupt(signum: int, frame: object) -> None:

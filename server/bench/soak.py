@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-
-from torchwire.client import InferenceError
 
 from . import cli as bench_cli
 from . import processes, soakreport
@@ -164,30 +161,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # a log file or pipe: keep the lines whole
-    try:
-        options = Options.from_args(args)
-    except ValueError as exc:
-        console.print(f"torchwire soak: {exc}", style="red")
-        return EXIT_USAGE
-    # SIGTERM unwinds like Ctrl-C, so the server and workers this run started are always stopped.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return execute(options, console)
-    except KeyboardInterrupt:
-        console.print("torchwire soak: interrupted (server and workers stopped)", style="yellow")
-        return EXIT_INTERRUPTED
-    except (LoadError, bench_cli.BenchError, processes.StartError, InferenceError) as exc:
-        console.print(f"torchwire soak: {exc}", style="red")
-        return EXIT_FAILED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    return bench_cli.run_command("soak", lambda: Options.from_args(args), execute)
 
 
 def execute(options: Options, console: Console) -> int:
