@@ -232,17 +232,15 @@ def execute(options: Options, console: Console) -> int:
         _progress(console) as progress,
         contextlib.ExitStack() as servers,
     ):
-        if options.target is None:
-            console.print(f"starting torchwire serve ({options.repository or 'bundled models'}) ...")
-            spawned = servers.enter_context(
-                processes.torchwire_process(
-                    options.repository, torch_threads=options.torch_threads, timeout=options.start_timeout
-                )
+        target, pid = servers.enter_context(
+            processes.serving(
+                options.target,
+                options.repository,
+                torch_threads=options.torch_threads,
+                timeout=options.start_timeout,
+                announce=console.print,
             )
-            target, pid = spawned.target, spawned.pid
-        else:
-            target, pid = options.target, None
-            processes.wait_serving(target, options.start_timeout)
+        )
         load = load_workload(target, options.model, options.batch)
         targets = {TORCHWIRE: target}
         if options.perf_analyzer is None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -104,13 +104,6 @@ class Spawned:
     pid: int
 
 
-@contextlib.contextmanager
-def torchwire_server(repository: Path | None, *, torch_threads: int | None, timeout: float) -> Iterator[str]:
-    """`torchwire serve` on a free 127.0.0.1 port; yields its target once health says ready."""
-    with torchwire_process(repository, torch_threads=torch_threads, timeout=timeout) as spawned:
-        yield spawned.target
-
-
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU a process has used so far, from /proc (None where it cannot be read)."""
     try:
@@ -125,7 +118,7 @@ def cpu_seconds(pid: int) -> float | None:
 def torchwire_process(
     repository: Path | None, *, torch_threads: int | None, timeout: float
 ) -> Iterator[Spawned]:
-    """Like `torchwire_server`, yielding the process id too."""
+    """`torchwire serve` on a free 127.0.0.1 port, once health says ready: its target and pid."""
     port = free_port()
     command = [sys.executable, "-m", "torchwire.server", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if repository is not None:
@@ -142,6 +135,26 @@ def torchwire_process(
         except StartError as exc:
             raise StartError(f"torchwire serve did not start: {exc}\n{_tail(log)}") from exc
         yield Spawned(target, proc.pid)
+
+
+@contextlib.contextmanager
+def serving(
+    target: str | None,
+    repository: Path | None,
+    *,
+    torch_threads: int | None,
+    timeout: float,
+    announce: Callable[[str], object],
+) -> Iterator[tuple[str, int | None]]:
+    """The server a run loads: `target` once it serves, else a `torchwire serve` started (and
+    always stopped) here. Yields its address and, when started here, its process id."""
+    if target is not None:
+        wait_serving(target, timeout)
+        yield target, None
+        return
+    announce(f"starting torchwire serve ({repository or 'bundled models'}) ...")
+    with torchwire_process(repository, torch_threads=torch_threads, timeout=timeout) as spawned:
+        yield spawned.target, spawned.pid
 
 
 def resident_bytes(pid: int) -> int | None:

@@ -174,18 +174,16 @@ def execute(options: Options, console: Console) -> int:
     )
     # Exit order: the workers first (they stop loading), then the server (SIGTERM, then kill).
     with contextlib.ExitStack() as servers, WorkerPool(options.workers) as pool:
-        pid: int | None = None
-        if options.target is None:
-            console.print(f"starting torchwire serve ({options.repository or 'bundled models'}) ...")
-            spawned = servers.enter_context(
-                processes.torchwire_process(
-                    options.repository, torch_threads=options.torch_threads, timeout=options.start_timeout
-                )
+        target, pid = servers.enter_context(
+            processes.serving(
+                options.target,
+                options.repository,
+                torch_threads=options.torch_threads,
+                timeout=options.start_timeout,
+                announce=console.print,
             )
-            target, pid = spawned.target, spawned.pid
-        else:
-            target = options.target
-            processes.wait_serving(target, options.start_timeout)
+        )
+        if pid is None:
             soak.notes.append("server RSS n/a: --target is not a process this run started")
         load = bench_cli.load_workload(target, options.model, options.batch)
         if options.unary_slots:
