@@ -232,15 +232,7 @@ def execute(options: Options, console: Console) -> int:
         _progress(console) as progress,
         contextlib.ExitStack() as servers,
     ):
-        target, pid = servers.enter_context(
-            processes.serving(
-                options.target,
-                options.repository,
-                torch_threads=options.torch_threads,
-                timeout=options.start_timeout,
-                announce=console.print,
-            )
-        )
+        target, pid = servers.enter_context(processes.serving(options, console.print))
         load = load_workload(target, options.model, options.batch)
         targets = {TORCHWIRE: target}
         if options.perf_analyzer is None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -137,23 +137,31 @@ def torchwire_process(
         yield Spawned(target, proc.pid)
 
 
+class ServerChoice(Protocol):
+    """The options that pick a run's server (bench and soak both have them)."""
+
+    @property
+    def target(self) -> str | None: ...
+    @property
+    def repository(self) -> Path | None: ...
+    @property
+    def torch_threads(self) -> int | None: ...
+    @property
+    def start_timeout(self) -> float: ...
+
+
 @contextlib.contextmanager
-def serving(
-    target: str | None,
-    repository: Path | None,
-    *,
-    torch_threads: int | None,
-    timeout: float,
-    announce: Callable[[str], object],
-) -> Iterator[tuple[str, int | None]]:
-    """The server a run loads: `target` once it serves, else a `torchwire serve` started (and
+def serving(choice: ServerChoice, announce: Callable[[str], object]) -> Iterator[tuple[str, int | None]]:
+    """The server a run loads: `--target` once it serves, else a `torchwire serve` started (and
     always stopped) here. Yields its address and, when started here, its process id."""
-    if target is not None:
-        wait_serving(target, timeout)
-        yield target, None
+    if choice.target is not None:
+        wait_serving(choice.target, choice.start_timeout)
+        yield choice.target, None
         return
-    announce(f"starting torchwire serve ({repository or 'bundled models'}) ...")
-    with torchwire_process(repository, torch_threads=torch_threads, timeout=timeout) as spawned:
+    announce(f"starting torchwire serve ({choice.repository or 'bundled models'}) ...")
+    with torchwire_process(
+        choice.repository, torch_threads=choice.torch_threads, timeout=choice.start_timeout
+    ) as spawned:
         yield spawned.target, spawned.pid
 
 

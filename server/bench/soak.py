@@ -174,15 +174,7 @@ def execute(options: Options, console: Console) -> int:
     )
     # Exit order: the workers first (they stop loading), then the server (SIGTERM, then kill).
     with contextlib.ExitStack() as servers, WorkerPool(options.workers) as pool:
-        target, pid = servers.enter_context(
-            processes.serving(
-                options.target,
-                options.repository,
-                torch_threads=options.torch_threads,
-                timeout=options.start_timeout,
-                announce=console.print,
-            )
-        )
+        target, pid = servers.enter_context(processes.serving(options, console.print))
         if pid is None:
             soak.notes.append("server RSS n/a: --target is not a process this run started")
         load = bench_cli.load_workload(target, options.model, options.batch)
