@@ -31,7 +31,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from torchwire.client import Client, InferenceError
 
 from . import ceilings, perfanalyzer, processes, report, workload
-from .batchstats import StatisticsProbe, mean_batch_size
+from .batchstats import Counts, StatisticsProbe, mean_batch_size
 from .loadgen import LoadError, WorkerPool
 from .plot import write_png
 from .results import Level, Measured, Run, rounded_batch, summarize
@@ -345,14 +345,13 @@ def _level(
     measure_from = start_at + options.warmup
     measure_to = measure_from + options.duration
     # Statistics are read at the window's edges, so warmup batches do not count.
+    window = _ServerWindow(probe, pid)
     _wait_until(measure_from, start_at, progress, task)
-    before = probe.snapshot() if probe else None
-    cpu_before = processes.cpu_seconds(pid) if pid else None
+    window.open()
     _wait_until(measure_to, start_at, progress, task)
-    cpu_after = processes.cpu_seconds(pid) if pid else None
-    after = probe.snapshot() if probe else None
-    measured = summarize(pool.collect(), mean_batch_size(before, after))
-    measured = _with_server_cpu(measured, cpu_before, cpu_after, measured.throughput * options.duration)
+    window.close()
+    measured = summarize(pool.collect(), window.mean_batch_size())
+    measured = window.with_cpu(measured, measured.throughput * options.duration)
     progress.remove_task(task)
     progress.console.print(report.level_line(name, measured), soft_wrap=True)
     if measured.problem:
@@ -374,8 +373,8 @@ def _perf_analyzer_level(
     load = perfanalyzer.Load(concurrency, options.batch, options.duration, options.streaming)
     task = progress.add_task(f"{name} c={concurrency} (perf_analyzer)", total=None)
     # Counters span the whole run (its stabilizing windows too): the same load throughout.
-    before = probe.snapshot() if probe else None
-    cpu_before = processes.cpu_seconds(pid) if pid else None
+    window = _ServerWindow(probe, pid)
+    window.open()
     started = time.monotonic()
     try:
         measured = perfanalyzer.run_level(options.perf_analyzer, target, options.model, version, load)
@@ -384,24 +383,48 @@ def _perf_analyzer_level(
     finally:
         progress.remove_task(task)
     elapsed = time.monotonic() - started
-    cpu_after = processes.cpu_seconds(pid) if pid else None
-    after = probe.snapshot() if probe else None
-    measured = dataclasses.replace(measured, mean_batch_size=rounded_batch(mean_batch_size(before, after)))
+    window.close()
+    measured = dataclasses.replace(measured, mean_batch_size=rounded_batch(window.mean_batch_size()))
     # perf_analyzer's own count covers only its last windows: the server's counters span the run.
-    requests = (after.inferences - before.inferences) / options.batch if after and before else 0.0
-    measured = _with_server_cpu(measured, cpu_before, cpu_after, requests)
+    measured = window.with_cpu(measured, window.rows() / options.batch)
     progress.console.print(report.level_line(name, measured) + f" ({elapsed:.0f} s)", soft_wrap=True)
     return measured
 
 
-def _with_server_cpu(
-    measured: Measured, cpu_before: float | None, cpu_after: float | None, requests: float
-) -> Measured:
-    """`measured` with the server's CPU per request, when it was read. Flat or falling as
-    concurrency rises means no thread oversubscription."""
-    if cpu_before is None or cpu_after is None or requests <= 0:
-        return measured
-    return dataclasses.replace(measured, server_cpu_us=round((cpu_after - cpu_before) * 1e6 / requests, 1))
+@dataclass
+class _ServerWindow:
+    """The server's counters across one measuring window: ModelStatistics through `probe`, and its
+    CPU from /proc when this run started it (`pid`)."""
+
+    probe: StatisticsProbe | None
+    pid: int | None
+    before: Counts | None = None
+    after: Counts | None = None
+    cpu_before: float | None = None
+    cpu_after: float | None = None
+
+    def open(self) -> None:
+        self.before = self.probe.snapshot() if self.probe else None
+        self.cpu_before = processes.cpu_seconds(self.pid) if self.pid else None
+
+    def close(self) -> None:
+        self.cpu_after = processes.cpu_seconds(self.pid) if self.pid else None
+        self.after = self.probe.snapshot() if self.probe else None
+
+    def mean_batch_size(self) -> float | None:
+        return mean_batch_size(self.before, self.after)
+
+    def rows(self) -> int:
+        """Rows the server computed in the window (0 where statistics are n/a)."""
+        return self.after.inferences - self.before.inferences if self.after and self.before else 0
+
+    def with_cpu(self, measured: Measured, requests: float) -> Measured:
+        """`measured` with the server's CPU per request, when it was read. Flat or falling as
+        concurrency rises means no thread oversubscription."""
+        if self.cpu_before is None or self.cpu_after is None or requests <= 0:
+            return measured
+        cpu_us = round((self.cpu_after - self.cpu_before) * 1e6 / requests, 1)
+        return dataclasses.replace(measured, server_cpu_us=cpu_us)
 
 
 def _served_version(target: str, model: str) -> str:

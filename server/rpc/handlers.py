@@ -48,11 +48,15 @@ def _parser(cls: type[Message], max_bytes: int) -> Callable[[bytes], Message | U
     return parse
 
 
+async def _refuse_undecodable(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if isinstance(request, Undecodable):
+        await context.abort(request.code, request.message)
+
+
 def _guard_unary(behavior: Any, gate: Gate | None) -> Any:
     @functools.wraps(behavior)
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if isinstance(request, Undecodable):
-            await context.abort(request.code, request.message)
+        await _refuse_undecodable(request, context)
         if gate is None:
             return await behavior(request, context)
         try:
@@ -74,8 +78,7 @@ def _guard_unary_stream(behavior: Any) -> Any:
 
         @functools.wraps(behavior)
         async def generate(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            if isinstance(request, Undecodable):
-                await context.abort(request.code, request.message)
+            await _refuse_undecodable(request, context)
             async for response in behavior(request, context):
                 yield response
 
@@ -83,8 +86,7 @@ def _guard_unary_stream(behavior: Any) -> Any:
 
     @functools.wraps(behavior)
     async def write(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        if isinstance(request, Undecodable):
-            await context.abort(request.code, request.message)
+        await _refuse_undecodable(request, context)
         await behavior(request, context)
 
     return write

@@ -62,7 +62,6 @@ class TorchScriptModel:
     def __init__(self, module: torch.jit.ScriptModule, spec: ModelSpec, threads: int) -> None:
         self.spec = spec
         self._module = module
-        self._threads = threads
         self._batched = spec.max_batch_size > 0
         self._instances: Instances[Sequence[Array], list[Array]] = Instances(
             self.forward, count=spec.instances, threads=threads, name=f"torchwire-{spec.name}"
