@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pytest
 
 from torchwire.client import Client
 from torchwire.server import settings as settings_module
+from torchwire.server.bench.commands import BENCH_EXTRA
 from torchwire.server.settings import Settings
 
 TORCHWIRE = Path(sys.executable).parent / "torchwire"
@@ -61,13 +62,13 @@ def _wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float)
 
 
 @contextlib.contextmanager
-def _serve(**variables: str) -> Iterator[subprocess.Popen[str]]:
+def _serve(command: Sequence[str] = (str(TORCHWIRE),), **variables: str) -> Iterator[subprocess.Popen[str]]:
     """`torchwire serve` on a free 127.0.0.1 port with these TORCHWIRE_* variables; killed if the
     test leaves it running, even when it fails."""
     env = {**os.environ, "TORCHWIRE_HOST": "127.0.0.1", "TORCHWIRE_PORT": "0", "TORCHWIRE_TORCH_THREADS": "1"}
     env |= {f"TORCHWIRE_{name.upper()}": value for name, value in variables.items()}
     process = subprocess.Popen(
-        [str(TORCHWIRE), "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        [*command, "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
     try:
         yield process
@@ -77,9 +78,40 @@ def _serve(**variables: str) -> Iterator[subprocess.Popen[str]]:
             process.wait(timeout=30)
 
 
+# `torchwire` as installed by `pip install torchwire[server]` (the container image): without the
+# bench extra's packages, which an import finder refuses as if they were not installed.
+WITHOUT_BENCH_EXTRA = [
+    sys.executable,
+    "-c",
+    f"""
+import sys
+class WithoutBenchExtra:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {BENCH_EXTRA!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, WithoutBenchExtra())
+from torchwire.server.cli import main
+sys.exit(main(sys.argv[1:]))
+""",
+]
+
+
+def test_serve_needs_only_the_server_extra_and_bench_says_what_it_needs() -> None:
+    _serves_then_stops_on_sigterm(WITHOUT_BENCH_EXTRA, "uvloop")
+    bench = subprocess.run(
+        [*WITHOUT_BENCH_EXTRA, "bench", "--model", "mlp"], capture_output=True, text=True, timeout=120
+    )
+    assert bench.returncode == 1, bench.stderr
+    assert "needs the bench extra (rich is missing): pip install 'torchwire[bench]'" in bench.stderr
+
+
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 def test_serve_logs_address_and_models_then_stops_on_sigterm(event_loop: str) -> None:
-    with _serve(event_loop=event_loop) as process:
+    _serves_then_stops_on_sigterm((str(TORCHWIRE),), event_loop)
+
+
+def _serves_then_stops_on_sigterm(command: Sequence[str], event_loop: str) -> None:
+    with _serve(command, event_loop=event_loop) as process:
         line = _wait_for_line(process, r"listening on 127\.0\.0\.1:(\d+) .*event loop (\w+)", 120)
         port = int(line.group(1))
         assert line.group(2) == event_loop

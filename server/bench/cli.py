@@ -120,53 +120,6 @@ def shared_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:
     ]
 
 
-def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "bench",
-        help="benchmark a model (closed loop) against a bare grpc server and the model in-process",
-        description="Closed-loop benchmark: keeps CONCURRENCY requests in flight for DURATION seconds per "
-        "level, then measures the same levels against a bare grpc server and the model in-process, and "
-        "prints torchwire's throughput as ratios to both. Without --target it starts `torchwire serve`.",
-    )
-    parser.add_argument("--model", required=True, help="model to benchmark (its metadata shapes the request)")
-    parser.add_argument("--target", help="HOST:PORT of a running server (default: start one on a free port)")
-    parser.add_argument(
-        "--concurrency", default="1,4,16,64", help="comma-separated levels [default 1,4,16,64]"
-    )
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per level [default 5]")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each level [1]")
-    parser.add_argument("--batch", type=int, default=1, help="rows per request [default 1]")
-    parser.add_argument("--streaming", action="store_true", help="ModelStreamInfer: one stream per worker")
-    parser.add_argument(
-        "--out", type=Path, default=Path("bench-results"), help="results folder [bench-results]"
-    )
-    parser.add_argument(
-        "--repository",
-        type=Path,
-        help="model repository (default: the bundled examples); also locates "
-        "the model file for the in-process ceiling when --target is given",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="load generator processes sharing the concurrency [default 1]"
-    )
-    parser.add_argument(
-        "--torch-threads", type=int, help="passed to `torchwire serve` and used in-process [server default]"
-    )
-    parser.add_argument(
-        "--start-timeout", type=float, default=120.0, help="seconds to wait for the server to be ready [120]"
-    )
-    parser.add_argument(
-        "--perf-analyzer",
-        metavar="PATH",
-        help="drive both servers with Triton's perf_analyzer at PATH instead of the Python load generator "
-        "(each level runs until 3 windows of DURATION agree; --warmup and --workers do not apply)",
-    )
-    parser.set_defaults(run=run)
-    from . import soak  # soak reuses this module's pieces, so it is imported once this one is loaded
-
-    soak.register(commands)
-
-
 Opts = TypeVar("Opts")
 # What a run can fail with that is the load's or the server's fault, not a bug: printed, exit 1.
 EXPECTED_FAILURES = (LoadError, BenchError, processes.StartError, InferenceError)

@@ -127,39 +127,6 @@ def boundaries(warmup: float, duration: float, interval: float) -> list[float]:
     return sorted(c for c in cuts if 0 < c <= total)
 
 
-def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "soak",
-        help="run mixed unary + streaming load for a while; report errors, throughput and server memory",
-        description="Soak test: keeps CONCURRENCY requests in flight (a --stream-share of them on "
-        "ModelStreamInfer streams, the rest unary) for WARMUP + DURATION seconds. Every INTERVAL it "
-        "prints throughput, errors by status code and the server's RSS; at the end it reports RSS "
-        "growth after warmup and writes JSON and CSV. Any failed request fails the run (exit 1). "
-        "Without --target it starts `torchwire serve` on a free loopback port and always stops it.",
-    )
-    parser.add_argument("--model", required=True, help="model to load (its metadata shapes the request)")
-    parser.add_argument("--target", help="HOST:PORT of a running server on loopback (RSS is then n/a)")
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds after warmup [600]")
-    parser.add_argument("--warmup", type=float, default=30.0, help="seconds before RSS growth counts [30]")
-    parser.add_argument("--interval", type=float, default=10.0, help="seconds per reported interval [10]")
-    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight in all [32]")
-    parser.add_argument(
-        "--stream-share", type=float, default=0.25, help="share of the concurrency on streams [0.25]"
-    )
-    parser.add_argument("--streams", type=int, default=2, help="ModelStreamInfer streams that share it [2]")
-    parser.add_argument("--batch", type=int, default=1, help="rows per request [1]")
-    parser.add_argument(
-        "--out", type=Path, default=Path("bench-results"), help="results folder [bench-results]"
-    )
-    parser.add_argument("--repository", type=Path, help="model repository (default: the bundled examples)")
-    parser.add_argument("--workers", type=int, default=1, help="load generator processes [1]")
-    parser.add_argument("--torch-threads", type=int, help="passed to `torchwire serve` [server default]")
-    parser.add_argument(
-        "--start-timeout", type=float, default=120.0, help="seconds to wait for the server to be ready [120]"
-    )
-    parser.set_defaults(run=run)
-
-
 def run(args: argparse.Namespace) -> int:
     return bench_cli.run_command("soak", lambda: Options.from_args(args), execute)
 
