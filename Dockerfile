@@ -4,10 +4,14 @@
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip reads these when given: a package mirror (PIP_INDEX_URL), or a build with no registry at all
+# from a folder of wheels (PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; README "Container image").
+ARG PIP_INDEX_URL PIP_NO_INDEX PIP_FIND_LINKS
+# The CPU build of torch: the default index would bring several GB of CUDA libraries.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN python -m venv /opt/torchwire
 ENV PATH=/opt/torchwire/bin:$PATH
-# The CPU build of torch: the default index would bring several GB of CUDA libraries.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+RUN pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
