@@ -63,7 +63,7 @@ def identity_repository(repo: Path) -> list[str]:
 class Spinner(torch.nn.Module):
     """Computes for `INPUT__0[:, 0]` rounds and counts every row it ever computed.
 
-    OUTPUT__0 = 2 * INPUT__0[:, 1:2]; OUTPUT__1 = rows computed so far (including this batch), so a
+    OUTPUT__0 = 2 * INPUT__0[:, -1:]; OUTPUT__1 = rows computed so far (including this batch), so a
     test can prove that an expired or cancelled request never ran.
     """
 
@@ -77,14 +77,15 @@ class Spinner(torch.nn.Module):
         acc = self.w
         for _ in range(int(x[:, 0].max().item())):
             acc = torch.mm(acc, self.w) + self.w
-        doubled = x[:, 1:2] * 2 + acc[0:1, 0:1] * 0
+        doubled = x[:, -1:] * 2 + acc[0:1, 0:1] * 0  # the last column: rows may be wider
         return doubled, self.calls.expand(x.shape[0]).reshape(-1, 1).clone()
 
 
-def spinner_config(name: str, batching: str) -> str:
+def spinner_config(name: str, batching: str, width: int = 2) -> str:
+    """A Spinner's config; width -1 lets rows be any width (extra columns are ignored)."""
     return (
         f'name: "{name}"\nmax_batch_size: 8\n'
-        f"input [ {tensor_config('INPUT__0', 'FP32', [2])} ]\n"
+        f"input [ {tensor_config('INPUT__0', 'FP32', [width])} ]\n"
         f"output [ {tensor_config('OUTPUT__0', 'FP32', [1])}, {tensor_config('OUTPUT__1', 'INT64', [1])} ]\n"
         f"{batching}\n"
     )

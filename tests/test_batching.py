@@ -18,6 +18,7 @@ from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 SLOW_ROUNDS = 10_000  # about a second of compute here; tests wait on conditions, never on time
 PATIENT_DELAY_S = 0.4  # a batching delay far longer than anything else a request waits for here
+PATIENT_US = int(PATIENT_DELAY_S * 1e6)
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +37,25 @@ def spinners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer
         spinner_config("bounded", "dynamic_batching { default_queue_policy { max_queue_size: 2 } }"),
     )
     write_model(repo, "timed", Spinner(), spinner_config("timed", "dynamic_batching { }"))
-    patient = f"dynamic_batching {{ max_queue_delay_microseconds: {int(PATIENT_DELAY_S * 1e6)} }}"
+    patient = f"dynamic_batching {{ max_queue_delay_microseconds: {PATIENT_US} }}"
     write_model(repo, "patient", Spinner(), spinner_config("patient", patient))
     write_model(repo, "alone", Spinner(), spinner_config("alone", ""))
+    preferring = f"dynamic_batching {{ preferred_batch_size: 2 max_queue_delay_microseconds: {PATIENT_US} }}"
+    write_model(repo, "preferring", Spinner(), spinner_config("preferring", preferring))
+    ranked = "dynamic_batching { priority_levels: 2 default_priority_level: 2 }"
+    write_model(repo, "ranked", Spinner(), spinner_config("ranked", ranked))
+    write_model(repo, "shaped", Spinner(), spinner_config("shaped", "dynamic_batching { }", width=-1))
     with running_server(repo, torch_threads=1) as server:
         yield server
 
 
-def request(model: str, rounds: int, value: float, *, rows: int = 1, **params: int) -> pb.ModelInferRequest:
+def request(
+    model: str, rounds: int, value: float, *, rows: int = 1, width: int = 2, **params: int
+) -> pb.ModelInferRequest:
     req = pb.ModelInferRequest(model_name=model, id=f"{value}")
-    req.inputs.add(name="INPUT__0", datatype="FP32", shape=[rows, 2])
-    req.raw_input_contents.append(np.array([[rounds, value]] * rows, "<f4").tobytes())
+    req.inputs.add(name="INPUT__0", datatype="FP32", shape=[rows, width])
+    row = [rounds] + [0.0] * (width - 2) + [value]
+    req.raw_input_contents.append(np.array([row] * rows, "<f4").tobytes())
     for key, number in params.items():
         req.parameters[key].int64_param = number
     return req
@@ -189,3 +198,77 @@ def test_waits_that_never_fill_a_batch_stop(stub: pb_grpc.GRPCInferenceServiceSt
     mean_queue_s = (after_ns - ns) / (after_count - count) / 1e9
     # Waiting out the delay each time would make this ~0.4 s; a probe now and then adds a little.
     assert mean_queue_s < PATIENT_DELAY_S / 3, mean_queue_s
+
+
+def _batch_sizes(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> dict[int, int]:
+    """Forward passes so far by batch size (rows), as ModelStatistics reports them."""
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30).model_stats[0]
+    return {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+
+
+def _behind_a_slow_request(
+    spinners: RunningServer,
+    stub: pb_grpc.GRPCInferenceServiceStub,
+    model: str,
+    requests: list[pb.ModelInferRequest],
+) -> list[pb.ModelInferResponse]:
+    """Queue `requests` one by one (so their order is known) while a slow request computes, then
+    let them all be batched at once; their responses in the same order."""
+    busy = stub.ModelInfer.future(request(model, SLOW_ROUNDS, 1.0), timeout=120)
+    wait_until(lambda: spinners.queue_state(model)[1] == 1, "the slow request runs")
+    queued = []
+    for count, req in enumerate(requests, 1):
+        queued.append(stub.ModelInfer.future(req, timeout=120))
+        wait_until(lambda n=count: spinners.queue_state(model)[0] == n, f"{count} requests wait")
+    assert doubled(busy.result()) == [2.0]
+    return [q.result() for q in queued]
+
+
+def test_the_largest_preferred_batch_goes_at_once(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """Triton's rule: three requests wait; the first two make the preferred size 2, so they go
+    together at once and the third goes alone. (Taking all three would be a batch of 3, formed
+    only after waiting for the delay.)"""
+    before = _batch_sizes(stub, "preferring")
+    answers = _behind_a_slow_request(
+        spinners, stub, "preferring", [request("preferring", 0, float(v)) for v in (3, 4, 5)]
+    )
+    assert [doubled(a) for a in answers] == [[6.0], [8.0], [10.0]]
+    after = _batch_sizes(stub, "preferring")
+    grown = {size: after[size] - before.get(size, 0) for size in after if after[size] != before.get(size, 0)}
+    assert grown == {1: 2, 2: 1}, grown  # the slow request and the third alone; the preferred pair
+    first, second, third = (calls_so_far(a) for a in answers)
+    assert first == second < third
+
+
+def test_higher_priority_requests_go_first(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """A full batch at the default (low) priority waits first, a one-row request at priority 1
+    after it. They cannot share a batch (9 rows > 8), and the later, higher one is computed first."""
+    low, high = _behind_a_slow_request(
+        spinners,
+        stub,
+        "ranked",
+        [request("ranked", 0, 2.0, rows=8), request("ranked", 0, 3.0, priority=1)],
+    )
+    assert doubled(low) == [4.0] * 8 and doubled(high) == [6.0]
+    # Rows computed so far, counted by the model: the high request's batch ran before the low one's.
+    assert calls_so_far(high) + 8 == calls_so_far(low)
+
+
+def test_requests_with_different_shapes_never_share_a_batch(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    before = _batch_sizes(stub, "shaped")
+    a, b, c = _behind_a_slow_request(
+        spinners,
+        stub,
+        "shaped",
+        [request("shaped", 0, v, width=w) for v, w in ((1.0, 3), (2.0, 4), (3.0, 3))],
+    )
+    assert [doubled(x) for x in (a, b, c)] == [[2.0], [4.0], [6.0]]
+    assert calls_so_far(a) == calls_so_far(c) != calls_so_far(b)  # a and c together, b alone
+    after = _batch_sizes(stub, "shaped")
+    assert after.get(2, 0) - before.get(2, 0) == 1 and after[1] - before.get(1, 0) == 2, (before, after)

@@ -5,8 +5,10 @@ Batch forming rule (dynamic_batching):
   and the next batch takes them all at once: under load, batches grow without any waiting.
 - A batch holds requests whose non-batch shapes agree, up to max_batch_size rows. Higher priority
   levels go first, and within a level requests go in arrival order.
-- With an instance free and the batch short of max_batch_size (or of the largest preferred size it
-  has reached), the scheduler waits for batch-mates. It waits at most max_queue_delay, counted from
+- Preferred sizes (Triton's rule): when the first requests in that order add up to a
+  preferred_batch_size, the largest such batch goes at once, and the rest stay queued.
+- With an instance free, no preferred size formed and the batch short of max_batch_size, the
+  scheduler waits for batch-mates. It waits at most max_queue_delay, counted from
   the oldest request's arrival, and only while waiting has been paying off at the batch's current
   row count: for each row count it keeps a moving average of whether recent waits there gained a
   row before the delay ran out. So a lone caller is computed at once, and two closed-loop callers
@@ -80,6 +82,7 @@ class Scheduler:
         self._name = name
         self._max_rows = max_batch_size
         self._policy = policy
+        self._preferred = frozenset(policy.preferred_batch_sizes if policy is not None else ())
         self._instances = instances
         self.stats = stats
         levels = policy.priority_levels if policy is not None else 1
@@ -166,7 +169,7 @@ class Scheduler:
         assert self._free is not None
         if self._free.locked() or any(self._levels):
             return False
-        if self._policy is None:
+        if self._policy is None or rows in self._preferred:
             return True
         if self._pays_at(rows):
             return False
@@ -233,20 +236,33 @@ class Scheduler:
             return [head]
         self._formations += 1
         probing = self._formations % _PROBE_EVERY == 0
-        rows = self._compatible_rows(head)
+        batch = self._compatible(head)
+        rows = _rows(batch)
         deadline_ns = head.arrived_ns + int(self._policy.max_queue_delay_s * 1e9)
-        while rows < self._target(rows) and (probing or self._pays_at(rows)):
+        while rows < self._max_rows and not self._preferred_cut(batch) and (probing or self._pays_at(rows)):
             remaining = (deadline_ns - time.monotonic_ns()) / 1e9
             if remaining <= 0:
                 break
             before = rows
             await self._wait_for_arrival(remaining)
             head = await self._wait_for_work()
-            rows = self._compatible_rows(head)
+            batch = self._compatible(head)
+            rows = _rows(batch)
             # A wait is judged when it ends for real: by a row gained, or by the delay running out.
             if rows > before or time.monotonic_ns() >= deadline_ns:
                 self._learn(before, gained=rows > before)
-        return self._take_batch(head)
+        cut = self._preferred_cut(batch)
+        return self._take(batch[:cut] if cut else batch)
+
+    def _preferred_cut(self, batch: list[_Pending]) -> int:
+        """How many of the batch's first requests make its largest preferred size (0: none does)."""
+        cut = rows = 0
+        if self._preferred:
+            for count, p in enumerate(batch, 1):
+                rows += p.rows
+                if rows in self._preferred:
+                    cut = count
+        return cut
 
     def _pays_at(self, rows: int) -> bool:
         return self._payoff.get(rows, 1.0) >= 0.5
@@ -254,11 +270,6 @@ class Scheduler:
     def _learn(self, rows: int, *, gained: bool) -> None:
         old = self._payoff.get(rows, 1.0)
         self._payoff[rows] = _PAYOFF_DECAY * old + (1 - _PAYOFF_DECAY) * float(gained)
-
-    def _target(self, rows: int) -> int:
-        """The row count worth dispatching at: max_batch_size, or a preferred size just reached."""
-        assert self._policy is not None
-        return rows if rows in self._policy.preferred_batch_sizes else self._max_rows
 
     async def _wait_for_arrival(self, timeout: float) -> None:
         assert self._wakeup is not None
@@ -279,11 +290,7 @@ class Scheduler:
                 rows += p.rows
         return batch
 
-    def _compatible_rows(self, head: _Pending) -> int:
-        return sum(p.rows for p in self._compatible(head))
-
-    def _take_batch(self, head: _Pending) -> list[_Pending]:
-        batch = self._compatible(head)
+    def _take(self, batch: list[_Pending]) -> list[_Pending]:
         taken = set(map(id, batch))
         for queue in self._levels:
             if any(id(p) in taken for p in queue):
@@ -324,7 +331,7 @@ class Scheduler:
             return
         done = time.monotonic_ns()
         _deliver(live, outputs)
-        rows = sum(p.rows for p in live)
+        rows = _rows(live)
         self.stats.record_batch(rows, len(live), ran - start, done - ran, time.monotonic_ns() - done)
 
     async def close(self) -> None:
@@ -364,6 +371,10 @@ def _expire(pending: _Pending, model: str, timeout: float) -> None:
         pending.future.set_exception(
             DeadlineExpired(f"model '{model}': request timed out after {timeout * 1e6:.0f} µs in the queue")
         )
+
+
+def _rows(batch: list[_Pending]) -> int:
+    return sum(p.rows for p in batch)
 
 
 def _concat(batch: list[_Pending]) -> Sequence[Array]:
