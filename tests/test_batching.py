@@ -45,6 +45,8 @@ def spinners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer
     ranked = "dynamic_batching { priority_levels: 2 default_priority_level: 2 }"
     write_model(repo, "ranked", Spinner(), spinner_config("ranked", ranked))
     write_model(repo, "shaped", Spinner(), spinner_config("shaped", "dynamic_batching { }", width=-1))
+    delaying = "default_queue_policy { timeout_action: DELAY allow_timeout_override: true }"
+    write_model(repo, "delaying", Spinner(), spinner_config("delaying", f"dynamic_batching {{ {delaying} }}"))
     with running_server(repo, torch_threads=1) as server:
         yield server
 
@@ -272,3 +274,18 @@ def test_requests_with_different_shapes_never_share_a_batch(
     assert calls_so_far(a) == calls_so_far(c) != calls_so_far(b)  # a and c together, b alone
     after = _batch_sizes(stub, "shaped")
     assert after.get(2, 0) - before.get(2, 0) == 1 and after[1] - before.get(1, 0) == 2, (before, after)
+
+
+def test_timeout_action_delay_serves_a_late_request_after_those_in_time(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """Under timeout_action DELAY a request whose timeout (1 ms) passes while queued is not
+    rejected: it goes behind the requests of its level still in time, though it came first."""
+    late, punctual = _behind_a_slow_request(
+        spinners,
+        stub,
+        "delaying",
+        [request("delaying", 0, 2.0, rows=8, timeout=1000), request("delaying", 0, 3.0, rows=8)],
+    )
+    assert doubled(late) == [4.0] * 8 and doubled(punctual) == [6.0] * 8
+    assert calls_so_far(punctual) + 8 == calls_so_far(late)

@@ -18,7 +18,8 @@ Batch forming rule (dynamic_batching):
 Without dynamic_batching, every request runs alone, still on an instance thread.
 
 Queue policy (Triton's): a full level answers QueueFull at once. A request whose timeout passes
-while queued is answered DeadlineExpired and never computed. A cancelled caller leaves the queue.
+while queued is answered DeadlineExpired and never computed, or with timeout_action DELAY goes
+behind every request of its level still within its timeout. A cancelled caller leaves the queue.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class _Pending:
     dispatched_ns: int = field(default=0)
 
 
+_Queue = collections.deque[_Pending]
+
+
 class Scheduler:
     def __init__(
         self,
@@ -86,7 +90,9 @@ class Scheduler:
         self._instances = instances
         self.stats = stats
         levels = policy.priority_levels if policy is not None else 1
-        self._levels: list[collections.deque[_Pending]] = [collections.deque() for _ in range(levels)]
+        # Two queues per priority level, in the order they are served: requests within their
+        # timeout, then those whose timeout passed under timeout_action DELAY.
+        self._levels: list[_Queue] = [collections.deque() for _ in range(2 * levels)]
         self._payoff: dict[int, float] = {}  # by row count; optimistic (1.0) until measured
         self._formations = 0
         # asyncio objects are made lazily inside the running loop (constructors stay loop-free).
@@ -133,10 +139,11 @@ class Scheduler:
         assert self._wakeup is not None and self._free is not None
         level = self._level(priority)
         queue_policy = self._queue_policy(level)
-        queue = self._levels[level - 1]
-        if queue_policy.max_queue_size and len(queue) >= queue_policy.max_queue_size:
+        queue, delayed = self._levels[2 * level - 2], self._levels[2 * level - 1]
+        if queue_policy.max_queue_size and len(queue) + len(delayed) >= queue_policy.max_queue_size:
             self._compact(queue)
-            if len(queue) >= queue_policy.max_queue_size:
+            self._compact(delayed)
+            if len(queue) + len(delayed) >= queue_policy.max_queue_size:
                 raise QueueFull(
                     f"model '{self._name}' queue is full: {queue_policy.max_queue_size} requests waiting "
                     f"(dynamic_batching max_queue_size, priority level {level})"
@@ -145,8 +152,10 @@ class Scheduler:
         key = tuple(a.shape[1:] for a in inputs) if self._policy is not None else ()
         pending = _Pending(inputs, rows, key, loop.create_future(), time.monotonic_ns())
         timeout = _effective_timeout(queue_policy, timeout_s)
-        if timeout is not None:
+        if timeout is not None and queue_policy.reject_on_timeout:
             pending.expiry = loop.call_later(timeout, _expire, pending, self._name, timeout)
+        elif timeout is not None:
+            pending.expiry = loop.call_later(timeout, _delay, pending, queue, delayed)
         if self._run_now(rows):
             # An instance is free, nothing waits and waiting for batch-mates does not pay off:
             # compute right here, without a trip through the dispatcher.
@@ -201,7 +210,7 @@ class Scheduler:
             task.add_done_callback(self._running.discard)
 
     @staticmethod
-    def _compact(queue: collections.deque[_Pending]) -> None:
+    def _compact(queue: _Queue) -> None:
         # Cancelled and expired requests leave the queue here, without ever running.
         if any(p.future.done() for p in queue):
             kept = [p for p in queue if not p.future.done()]
@@ -353,8 +362,6 @@ class Scheduler:
 
 def _effective_timeout(policy: QueuePolicy, requested: float | None) -> float | None:
     """Triton's rule: a request may shorten the default timeout only where the policy allows it."""
-    if not policy.reject_on_timeout:
-        return None
     if requested is None:
         return policy.default_timeout_s
     if policy.default_timeout_s is None:
@@ -375,6 +382,14 @@ def _expire(pending: _Pending, model: str, timeout: float) -> None:
 
 def _rows(batch: list[_Pending]) -> int:
     return sum(p.rows for p in batch)
+
+
+def _delay(pending: _Pending, queue: _Queue, delayed: _Queue) -> None:
+    try:
+        queue.remove(pending)
+    except ValueError:  # already taken into a batch
+        return
+    delayed.append(pending)
 
 
 def _concat(batch: list[_Pending]) -> Sequence[Array]:

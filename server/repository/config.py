@@ -51,7 +51,7 @@ class QueuePolicy:
     max_queue_size: int = 0  # 0: unbounded
     default_timeout_s: float | None = None
     allow_timeout_override: bool = False
-    reject_on_timeout: bool = True  # timeout_action REJECT; DELAY keeps the request queued
+    reject_on_timeout: bool = True  # timeout_action REJECT; DELAY: served after those still in time
 
     @classmethod
     def from_config(cls, policy: mc.ModelQueuePolicy) -> QueuePolicy:
