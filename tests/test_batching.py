@@ -154,13 +154,6 @@ def test_health_answers_during_a_slow_forward(
     assert doubled(busy.result()) == [2.0]
 
 
-def test_priority_must_be_a_known_level(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.ModelInfer(request("batched", 0, 1.0, priority=5), timeout=60)
-    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "'priority'" in caught.value.details()
-
-
 def test_a_slow_model_does_not_hold_up_another(
     spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
@@ -244,16 +237,18 @@ def test_the_largest_preferred_batch_goes_at_once(
     assert first == second < third
 
 
+@pytest.mark.parametrize("low_priority", [{}, {"priority": 2}, {"priority": 9}], ids=["default", "2", "9"])
 def test_higher_priority_requests_go_first(
-    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub, low_priority: dict[str, int]
 ) -> None:
-    """A full batch at the default (low) priority waits first, a one-row request at priority 1
-    after it. They cannot share a batch (9 rows > 8), and the later, higher one is computed first."""
+    """A full batch at the low level waits first, a one-row request at priority 1 after it. They
+    cannot share a batch (9 rows > 8), and the later, higher one is computed first. The low level
+    is the model's default: named, left out, or (as in Triton) a level the model does not have."""
     low, high = _behind_a_slow_request(
         spinners,
         stub,
         "ranked",
-        [request("ranked", 0, 2.0, rows=8), request("ranked", 0, 3.0, priority=1)],
+        [request("ranked", 0, 2.0, rows=8, **low_priority), request("ranked", 0, 3.0, priority=1)],
     )
     assert doubled(low) == [4.0] * 8 and doubled(high) == [6.0]
     # Rows computed so far, counted by the model: the high request's batch ran before the low one's.

@@ -370,7 +370,9 @@ def draw_request_parameters(draw: st.DrawFn, plan: Planner, model: Model) -> dic
             params[key] = draw(any_parameter)
     else:  # valid scheduling parameters
         if chance(draw, 15):
-            params["priority"] = draw(integer_parameter(st.integers(0, model.priority_levels or 2**63 - 1)))
+            # Any level, the model's or beyond them (which means its default level, as in Triton).
+            levels = st.integers(0, model.priority_levels + 2) | st.integers(0, 2**63 - 1)
+            params["priority"] = draw(integer_parameter(levels))
         if chance(draw, 15):
             params["timeout"] = draw(integer_parameter(st.integers(0, 2**63 - 1)))
     return params
@@ -382,8 +384,6 @@ def judge_request_parameters(case: Case, model: Model) -> None:
         if key in ("priority", "timeout"):
             if value is None or value < 0:
                 case.fault(f"parameter {key!r} is not a non-negative integer")
-            elif key == "priority" and model.priority_levels and value > model.priority_levels:
-                case.fault(f"priority {value} is beyond the model's {model.priority_levels} levels")
             elif key == "timeout" and value > 0:
                 case.may_expire = True
         elif key == "sequence_id":

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import DeadlineExpired, InvalidRequest, ModelExecutionError, ModelUnavailable, QueueFull
+from ..errors import DeadlineExpired, ModelExecutionError, ModelUnavailable, QueueFull
 from ..observability.statistics import ModelStatistics
 from ..repository import BatchingPolicy, QueuePolicy
 
@@ -117,16 +117,13 @@ class Scheduler:
         return self._policy.queue(priority) if self._policy is not None else _UNBOUNDED
 
     def _level(self, priority: int) -> int:
-        """The queue level for a request's `priority` (0: the model's default)."""
+        """The queue level for a request's `priority`. Triton's rule: 0, or a level the model does
+        not have, means the model's default level."""
         if self._policy is None:
             return 1
-        level = priority or self._policy.default_priority
-        if not 1 <= level <= self._policy.priority_levels:
-            raise InvalidRequest(
-                f"parameter 'priority' {priority} is outside 1..{self._policy.priority_levels} "
-                f"(model '{self._name}' has {self._policy.priority_levels} priority levels)"
-            )
-        return level
+        if 1 <= priority <= self._policy.priority_levels:
+            return priority
+        return self._policy.default_priority
 
     async def submit(
         self, inputs: Sequence[Array], rows: int, *, priority: int = 0, timeout_s: float | None = None
