@@ -21,6 +21,19 @@ PATIENT_DELAY_S = 0.4  # a batching delay far longer than anything else a reques
 PATIENT_US = int(PATIENT_DELAY_S * 1e6)
 
 
+# Queue policies with a default timeout of 1 ms or 60 s, with or without allow_timeout_override, at
+# the default level 2. Level 1 has no timeout, for the slow request that keeps the instance busy.
+QUEUE_POLICIES = {
+    f"{length}_{override}": (
+        "priority_levels: 2 default_priority_level: 2 priority_queue_policy { key: 1 value: { } } "
+        f"default_queue_policy {{ default_timeout_microseconds: {micros} "
+        f"allow_timeout_override: {str(override == 'override').lower()} }}"
+    )
+    for length, micros in (("short", 1000), ("long", 60_000_000))
+    for override in ("override", "fixed")
+}
+
+
 @pytest.fixture(scope="module")
 def spinners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo: Path = tmp_path_factory.mktemp("spinners")
@@ -47,6 +60,8 @@ def spinners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer
     write_model(repo, "shaped", Spinner(), spinner_config("shaped", "dynamic_batching { }", width=-1))
     delaying = "default_queue_policy { timeout_action: DELAY allow_timeout_override: true }"
     write_model(repo, "delaying", Spinner(), spinner_config("delaying", f"dynamic_batching {{ {delaying} }}"))
+    for name, policy in QUEUE_POLICIES.items():
+        write_model(repo, name, Spinner(), spinner_config(name, f"dynamic_batching {{ {policy} }}"))
     with running_server(repo, torch_threads=1) as server:
         yield server
 
@@ -284,3 +299,34 @@ def test_timeout_action_delay_serves_a_late_request_after_those_in_time(
     )
     assert doubled(late) == [4.0] * 8 and doubled(punctual) == [6.0] * 8
     assert calls_so_far(punctual) + 8 == calls_so_far(late)
+
+
+@pytest.mark.parametrize(
+    ("model", "timeout_us", "expires"),
+    [
+        ("short_fixed", None, True),  # the policy's default applies to every request
+        ("short_fixed", 60_000_000, True),  # a request cannot lengthen it...
+        ("short_override", 60_000_000, True),  # ...not even where overrides are allowed
+        ("long_override", 1000, True),  # it can shorten it where they are
+        ("long_fixed", 1000, False),  # and not where they are not
+    ],
+)
+def test_queue_policy_timeouts_follow_triton(
+    spinners: RunningServer,
+    stub: pb_grpc.GRPCInferenceServiceStub,
+    model: str,
+    timeout_us: int | None,
+    expires: bool,
+) -> None:
+    busy = stub.ModelInfer.future(request(model, SLOW_ROUNDS, 1.0, priority=1), timeout=120)
+    wait_until(lambda: spinners.queue_state(model)[1] == 1, "the slow request runs")
+    params = {"timeout": timeout_us} if timeout_us is not None else {}
+    waiting = stub.ModelInfer.future(request(model, 0, 3.0, **params), timeout=120)
+    if expires:
+        with pytest.raises(grpc.RpcError) as caught:
+            waiting.result()
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "timed out after 1000 µs in the queue" in caught.value.details()
+    else:
+        assert doubled(waiting.result()) == [6.0]
+    assert doubled(busy.result()) == [2.0]
