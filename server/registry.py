@@ -246,12 +246,13 @@ class Registry:
         )
         entry.states[version] = (State.READY, "")
         log.info(
-            "model %s version %d ready (%s; %d instance(s) x %d thread(s))",
+            "model %s version %d ready (%s; %d instance(s) x %d thread(s)%s)",
             entry.name,
             version,
             path,
             spec.instances,
             threads,
+            "; optimized for inference" if spec.optimize else "",
         )
         return ServedVersion(entry.name, version, spec, model, scheduler, stats, fingerprint)
 

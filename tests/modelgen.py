@@ -129,3 +129,22 @@ class Expand(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.repeat(1, 64)
+
+
+class ConvNet(torch.nn.Module):
+    """A convolution and a batch norm with non-trivial statistics: what optimize_for_inference
+    folds together and moves to oneDNN kernels, so that a wrong rewrite would change the answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator))
+            self.conv.bias.copy_(torch.randn(8, generator=generator))  # every instance the same
+            self.bn.running_mean.copy_(torch.rand(8, generator=generator) - 0.5)
+            self.bn.running_var.copy_(torch.rand(8, generator=generator) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))

@@ -66,15 +66,15 @@ def measure(
     threads: int,
     seconds: float,
 ) -> dict[int, InProcess]:
-    """Rows per second of torch.jit.load + inference_mode forward passes at each batch size."""
+    """Rows per second of the module forward passes at each batch size, in inference mode."""
     import torch
 
-    from torchwire.server.runtime.torchscript import to_tensor  # the server's own numpy -> torch step
+    # The server's own loading (optimized where the config says) and numpy -> torch step.
+    from torchwire.server.runtime.torchscript import load_module, to_tensor
 
     spec = local.spec
     batched = spec.max_batch_size > 0
-    module = torch.jit.load(str(local.path), map_location="cpu")  # type: ignore[no-untyped-call]
-    module.eval()
+    module = load_module(local.path, spec)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # restored below: the caller's process keeps its own setting
     results: dict[int, InProcess] = {}

@@ -119,6 +119,7 @@ class ModelSpec:
     batching: BatchingPolicy | None  # None: every request runs alone
     instances: int
     intra_op_threads: int  # 0: decided by the server's settings
+    optimize: bool  # OPTIMIZE_FOR_INFERENCE: torch.jit.optimize_for_inference at load
     version_policy: VersionPolicy
     warmup: tuple[WarmupSample, ...]  # empty: the default warmup (see runtime.warmup)
     model_file: str
@@ -239,6 +240,7 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
         raise ConfigError(f"{where}: field 'instance_group.kind' must be KIND_CPU (no GPU here)")
 
     threads = _int_parameter(config, "INTRA_OP_THREAD_COUNT", where)
+    optimize = _bool_parameter(config, "OPTIMIZE_FOR_INFERENCE", where)
 
     served = mc.ModelConfig()
     served.CopyFrom(config)
@@ -254,6 +256,7 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
         batching=batching,
         instances=instances,
         intra_op_threads=threads,
+        optimize=optimize,
         version_policy=_version_policy(config, where),
         warmup=tuple(_warmup(sample, inputs, config.max_batch_size, where) for sample in config.model_warmup),
         model_file=config.default_model_filename or DEFAULT_MODEL_FILE,
@@ -332,6 +335,16 @@ def _int_parameter(config: mc.ModelConfig, key: str, where: Path) -> int:
     if not (text.isascii() and text.isdigit()):
         raise ConfigError(f"{where}: parameters '{key}' must be a non-negative integer, got '{text}'")
     return int(text)
+
+
+def _bool_parameter(config: mc.ModelConfig, key: str, where: Path) -> bool:
+    """A config `parameters` entry holding "true" or "false" (any case); absent means false."""
+    if key not in config.parameters:
+        return False
+    text = config.parameters[key].string_value
+    if text.lower() not in ("true", "false"):
+        raise ConfigError(f"{where}: parameters '{key}' must be \"true\" or \"false\", got '{text}'")
+    return text.lower() == "true"
 
 
 def load_spec(model_dir: Path) -> ModelSpec:

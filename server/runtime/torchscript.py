@@ -122,8 +122,14 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def load_model(path: Path, spec: ModelSpec, threads: int) -> TorchScriptModel:
-    """Blocking: load path with torch.jit.load on the CPU in eval mode, then warm it up."""
+def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
+    """Blocking: the module at path on the CPU in eval mode, optimized if the config asks.
+
+    OPTIMIZE_FOR_INFERENCE runs torch.jit.optimize_for_inference once here: it freezes the weights
+    into the graph, folds batch norms into convolutions and picks oneDNN kernels. Measured on the
+    example CNN (2 threads, this machine): a batch of 24 in 498 µs instead of 652; but a batch of 1
+    in 149 µs instead of 114, so it is a choice per model, off by default.
+    """
     if not path.is_file():
         raise ConfigError(f"{path}: model file not found (config field 'default_model_filename' names it)")
     try:
@@ -131,7 +137,20 @@ def load_model(path: Path, spec: ModelSpec, threads: int) -> TorchScriptModel:
     except Exception as exc:
         raise ConfigError(f"{path}: not a loadable TorchScript file: {_first_line(exc)}") from exc
     module.eval()
-    model = TorchScriptModel(module, spec, threads)
+    if spec.optimize:
+        try:
+            module = torch.jit.optimize_for_inference(module)
+        except Exception as exc:
+            raise ConfigError(
+                f"{path}: parameters 'OPTIMIZE_FOR_INFERENCE' is set, and torch.jit.optimize_for_inference "
+                f"failed: {_first_line(exc)}"
+            ) from exc
+    return module
+
+
+def load_model(path: Path, spec: ModelSpec, threads: int) -> TorchScriptModel:
+    """Blocking: load the module (load_module), then warm it up on its instance threads' settings."""
+    model = TorchScriptModel(load_module(path, spec), spec, threads)
     try:
         for batch in warmup_batches(spec):
             model.forward(batch)
