@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc
 
+from modelgen import Identity, single_io_config, write_model
 from serving import running_server
 from torchwire.client import Client
 from torchwire.client._calls import ModelMetadata, TensorMetadata
@@ -42,6 +43,10 @@ SIMPLE = ModelMetadata(
             "torchwire bench: --concurrency levels must be >= 1",
         ),
         (["soak", "--model", "mlp", "--duration", "-1"], "torchwire soak: --duration must be > 0"),
+        (
+            ["bench", "--model", "mlp", "--shape", "INPUT__0:zero"],
+            "torchwire bench: --shape 'INPUT__0:zero': expected NAME:D1,D2,... with every size >= 1",
+        ),
     ],
 )
 def test_bad_options_exit_2_naming_the_option(arguments: list[str], message: str) -> None:
@@ -166,6 +171,51 @@ def test_workload_and_split() -> None:
     assert mean_batch_size(Counts(10, 5), Counts(10, 5)) is None
 
 
+VARIABLE = ModelMetadata(
+    "variable",
+    ("1",),
+    "pytorch_libtorch",
+    (TensorMetadata("INPUT__0", "FP32", (-1, -1, 4)),),
+    (TensorMetadata("OUTPUT__0", "FP32", (-1, -1, 4)),),
+)
+
+
+def test_shapes_size_variable_dims_and_must_fit_the_model() -> None:
+    def shapes(load: workload.Workload) -> list[list[int]]:
+        return [list(t.shape) for t in pb.ModelInferRequest.FromString(load.request).inputs]
+
+    assert shapes(workload.build(VARIABLE, 8, 2)) == [[2, 1, 4]]  # variable dims: 1 unless given
+    load = workload.build(VARIABLE, 8, 2, {"INPUT__0": (5, 4)})
+    assert shapes(load) == [[2, 5, 4]] and load.inputs["INPUT__0"].shape == (2, 5, 4)
+    assert workload.parse_shape("INPUT__0:5,4") == ("INPUT__0", (5, 4))
+    for given, message in [
+        ({"INPUT__0": (5, 3)}, r"--shape INPUT__0:5,3 does not fit the model's \[-1, 4\]"),
+        ({"INPUT__0": (5,)}, "does not fit"),
+        ({"OTHER": (1,)}, "--shape names OTHER: model 'variable' takes INPUT__0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            workload.build(VARIABLE, 8, 2, given)
+    for text in ("INPUT__0", "INPUT__0:", ":5", "INPUT__0:0", "INPUT__0:5,x"):
+        with pytest.raises(ValueError, match="expected NAME:D1,D2"):
+            workload.parse_shape(text)
+
+
+def test_bench_takes_shapes_for_variable_dims(tmp_path: Path) -> None:
+    """A model with a variable dimension, benchmarked with --shape: the run completes without an
+    error and records the shape (test_shapes_size_variable_dims... shows what requests it builds)."""
+    repo = tmp_path / "repo"
+    write_model(repo, "echo", Identity(), single_io_config("echo", "FP32", [-1], 8, "dynamic_batching { }"))
+    command = [sys.executable, "-m", "torchwire.server", "bench", "--model", "echo", "--shape", "INPUT__0:5"]
+    command += ["--concurrency", "2", "--duration", "0.5", "--warmup", "0.2", "--repository", str(repo)]
+    done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (json_path,) = tmp_path.glob("echo-*.json")
+    run = json.loads(json_path.read_text())
+    assert run["settings"]["shapes"] == {"INPUT__0": [5]}
+    (level,) = run["levels"]
+    assert level["torchwire"]["completed"] > 0 and level["torchwire"]["errors"] == {}
+
+
 def test_bare_server_answers_what_perf_analyzer_asks(tmp_path: Path) -> None:
     """perf_analyzer reads metadata, config and statistics before and around its load; tritonclient
     makes the same calls. The bare server answers them as torchwire described the model."""
@@ -226,5 +276,10 @@ def test_perf_analyzer_output_is_read_per_request() -> None:
     command = perfanalyzer.command("pa", "127.0.0.1:1", "simple", "1", load, Path("out.csv"))
     assert command[command.index("--concurrency-range") + 1] == "4"
     assert command[command.index("-b") + 1] == "2" and "--streaming" not in command
+    assert "--shape" not in command
+    shaped = perfanalyzer.Load(4, 2, 1.0, False, {"INPUT0": (16,), "INPUT1": (2, 8)})
+    command = perfanalyzer.command("pa", "127.0.0.1:1", "simple", "1", shaped, Path("out.csv"))
+    given = [command[i + 1] for i, arg in enumerate(command) if arg == "--shape"]
+    assert given == ["INPUT0:16", "INPUT1:2,8"]
     with pytest.raises(perfanalyzer.PerfAnalyzerError, match="no measurement"):
         perfanalyzer.parse(csv_text.splitlines()[0], stdout, load)

@@ -60,6 +60,7 @@ class Options:
     duration: float
     warmup: float
     batch: int
+    shapes: workload.Shapes
     streaming: bool
     out: Path
     repository: Path | None
@@ -90,6 +91,7 @@ class Options:
             duration=args.duration,
             warmup=args.warmup,
             batch=args.batch,
+            shapes=shapes_of(args),
             streaming=args.streaming,
             out=args.out,
             repository=args.repository,
@@ -105,6 +107,11 @@ def _binary(name: str) -> str:
     if found is None:
         raise ValueError(f"--perf-analyzer {name}: not an executable (README Performance: how to get one)")
     return found
+
+
+def shapes_of(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    """The --shape options by input name (ValueError naming a malformed one)."""
+    return dict(workload.parse_shape(text) for text in args.shape)
 
 
 def shared_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:
@@ -186,7 +193,7 @@ def execute(options: Options, console: Console) -> int:
         contextlib.ExitStack() as servers,
     ):
         target, pid = servers.enter_context(processes.serving(options, console.print))
-        load = load_workload(target, options.model, options.batch)
+        load = load_workload(target, options.model, options.batch, options.shapes)
         targets = {TORCHWIRE: target}
         if options.perf_analyzer is None:
             pool.connect(TORCHWIRE, target, load.request, load.expected_outputs(), options.streaming)
@@ -237,8 +244,8 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def load_workload(target: str, model: str, batch: int) -> workload.Workload:
-    """The request to send `model` (`batch` rows), built from what `target` reports about it."""
+def load_workload(target: str, model: str, batch: int, shapes: workload.Shapes) -> workload.Workload:
+    """The request to send `model` (`batch` rows, `shapes`), built from what `target` reports about it."""
     with Client(target, timeout=10.0) as client:
         if not client.ready(model):
             reasons = [m.reason for m in client.repository_index() if m.name == model and m.reason]
@@ -247,7 +254,7 @@ def load_workload(target: str, model: str, batch: int) -> workload.Workload:
         metadata = client.metadata(model)
         max_batch_size = client.config(model).max_batch_size
     try:
-        return workload.build(metadata, max_batch_size, batch)
+        return workload.build(metadata, max_batch_size, batch, shapes)
     except ValueError as exc:
         raise BenchError(str(exc)) from exc
 
@@ -323,7 +330,7 @@ def _perf_analyzer_level(
     pid: int | None,
 ) -> Measured:
     assert options.perf_analyzer is not None
-    load = perfanalyzer.Load(concurrency, options.batch, options.duration, options.streaming)
+    load = perfanalyzer.Load(concurrency, options.batch, options.duration, options.streaming, options.shapes)
     task = progress.add_task(f"{name} c={concurrency} (perf_analyzer)", total=None)
     # Counters span the whole run (its stabilizing windows too): the same load throughout.
     window = _ServerWindow(probe, pid)
@@ -473,6 +480,7 @@ def _settings(options: Options) -> dict[str, Any]:
         "duration_s": options.duration,
         "warmup_s": options.warmup,
         "batch": options.batch,
+        "shapes": {name: list(dims) for name, dims in options.shapes.items()},
         "streaming": options.streaming,
         "workers": options.workers,
         "torch_threads": options.torch_threads,

@@ -109,6 +109,14 @@ def _both(parser: argparse.ArgumentParser) -> None:
     """The options bench and soak share, with the same meaning and defaults."""
     parser.add_argument("--batch", type=int, default=1, help="rows per request [1]")
     parser.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME:D1,D2",
+        help="an input's dims without the batch dimension, as perf_analyzer's --shape; repeatable "
+        "[variable dims: 1]",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("bench-results"), help="results folder [bench-results]"
     )
     parser.add_argument(

@@ -18,8 +18,8 @@ import json
 import re
 import subprocess
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -47,6 +47,7 @@ class Load:
     batch: int
     duration_s: float
     streaming: bool
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # perf_analyzer's --shape
 
 
 def describe(target: str, model: str, path: Path) -> str:
@@ -85,6 +86,8 @@ def command(binary: str, target: str, model: str, version: str, load: Load, csv_
         "--max-trials", str(MAX_TRIALS),
         "-f", str(csv_path),
     ]  # fmt: skip
+    for name, dims in load.shapes.items():
+        args += ["--shape", f"{name}:{','.join(map(str, dims))}"]
     return args + (["--streaming"] if load.streaming else [])
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from . import cli as bench_cli
-from . import processes, soakreport
+from . import processes, soakreport, workload
 from .loadgen import LoadError, WorkerPool, split
 from .soakresults import Interval, SoakRun
 
@@ -47,6 +47,7 @@ class Options:
     stream_share: float
     streams: int
     batch: int
+    shapes: workload.Shapes
     out: Path
     repository: Path | None
     workers: int
@@ -79,6 +80,7 @@ class Options:
             stream_share=args.stream_share,
             streams=args.streams,
             batch=args.batch,
+            shapes=bench_cli.shapes_of(args),
             out=args.out,
             repository=args.repository,
             workers=args.workers,
@@ -144,7 +146,7 @@ def execute(options: Options, console: Console) -> int:
         target, pid = servers.enter_context(processes.serving(options, console.print))
         if pid is None:
             soak.notes.append("server RSS n/a: --target is not a process this run started")
-        load = bench_cli.load_workload(target, options.model, options.batch)
+        load = bench_cli.load_workload(target, options.model, options.batch, options.shapes)
         if options.unary_slots:
             pool.connect(UNARY, target, load.request, load.expected_outputs(), False)
         if options.stream_slots:
@@ -212,6 +214,7 @@ def _settings(options: Options) -> dict[str, Any]:
         "stream_slots": options.stream_slots,
         "stream_share": options.stream_share,
         "batch": options.batch,
+        "shapes": {name: list(dims) for name, dims in options.shapes.items()},
         "workers": options.workers,
         "torch_threads": options.torch_threads,
         "repository": str(options.repository) if options.repository else None,

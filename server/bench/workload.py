@@ -6,6 +6,7 @@ torchwire, the bare server and the in-process model. No torch here: the load gen
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,36 @@ class Workload:
         return [f"{t.name}:{t.datatype}:{','.join(map(str, t.shape))}" for t in self.outputs]
 
 
-def concrete_shape(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
-    """The batch dimension (first, when batched) gets `batch` rows; any other variable dimension 1."""
-    return tuple((batch if i == 0 and batch > 0 else 1) if d < 0 else d for i, d in enumerate(shape))
+Shapes = Mapping[str, tuple[int, ...]]  # input name -> its dims without the batch dimension
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """`NAME:D1,D2,...` (perf_analyzer's --shape): an input's dims, without the batch dimension."""
+    name, _, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not name or not shape or min(shape) < 1:
+        raise ValueError(f"--shape {text!r}: expected NAME:D1,D2,... with every size >= 1")
+    return name, shape
+
+
+def concrete_shape(
+    tensor: TensorMetadata, batch: int, given: tuple[int, ...] | None = None
+) -> tuple[int, ...]:
+    """The batch dimension (first, when batched) gets `batch` rows; the others come from `given`
+    (checked against the model's fixed sizes), else each variable one is 1."""
+    batched = batch > 0
+    dims = tensor.shape[1:] if batched else tensor.shape
+    if given is None:
+        given = tuple(1 if d < 0 else d for d in dims)
+    elif len(given) != len(dims) or any(d >= 0 and d != g for d, g in zip(dims, given, strict=True)):
+        raise ValueError(
+            f"--shape {tensor.name}:{','.join(map(str, given))} does not fit the model's "
+            f"{list(dims)} for input '{tensor.name}' (-1: any size; no batch dimension)"
+        )
+    return ((batch,) if batched else ()) + given
 
 
 def random_array(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> Array:
@@ -63,16 +91,24 @@ def random_array(datatype: str, shape: tuple[int, ...], rng: np.random.Generator
     return rng.integers(0, 100, size=shape).astype(_codec.DATATYPES[datatype].wire)  # fits INT8 too
 
 
-def build(metadata: ModelMetadata, max_batch_size: int, batch: int, seed: int = 0) -> Workload:
-    """A request of `batch` rows (ignored for a model without batching) for `metadata`'s inputs."""
+def build(
+    metadata: ModelMetadata, max_batch_size: int, batch: int, shapes: Shapes | None = None, seed: int = 0
+) -> Workload:
+    """A request of `batch` rows (ignored for a model without batching) for `metadata`'s inputs,
+    shaped by `shapes` where given (as perf_analyzer's --shape)."""
+    shapes = shapes or {}
     rows = batch if max_batch_size > 0 else 0
     if rows > max_batch_size > 0:
         raise ValueError(f"--batch {batch} exceeds model '{metadata.name}' max_batch_size {max_batch_size}")
+    unknown = sorted(set(shapes) - {t.name for t in metadata.inputs})
+    if unknown:
+        names = ", ".join(t.name for t in metadata.inputs)
+        raise ValueError(f"--shape names {', '.join(unknown)}: model '{metadata.name}' takes {names}")
     rng = np.random.default_rng(seed)
     request = pb.ModelInferRequest(model_name=metadata.name)
     arrays: dict[str, Array] = {}
     for tensor in metadata.inputs:
-        shape = concrete_shape(tensor.shape, rows)
+        shape = concrete_shape(tensor, rows, shapes.get(tensor.name))
         array = random_array(tensor.datatype, shape, rng)
         raw = _codec.to_raw(array, tensor.datatype)
         request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=shape)
