@@ -8,10 +8,10 @@ Batch forming rule (dynamic_batching):
 - Preferred sizes (Triton's rule): when the first requests in that order add up to a
   preferred_batch_size, the largest such batch goes at once, and the rest stay queued.
 - With an instance free, no preferred size formed and the batch short of max_batch_size, the
-  scheduler waits for batch-mates. It waits at most max_queue_delay, counted from
-  the oldest request's arrival, and only while waiting has been paying off at the batch's current
-  row count: for each row count it keeps a moving average of whether recent waits there gained a
-  row before the delay ran out. So a lone caller is computed at once, and two closed-loop callers
+  scheduler waits for batch-mates. It waits at most max_queue_delay, counted from the oldest
+  request's arrival, and only while waiting has been paying off at the batch's current row count:
+  for each row count it keeps a moving average of whether recent waits there gained a row before
+  the delay ran out. So a lone caller is computed at once, and two closed-loop callers
   wait for each other but not, after a few tries, for a third that never comes: batching never
   makes a caller wait out the delay for nothing. Every 16th formation waits anyway, to notice when
   load returns.
@@ -175,8 +175,8 @@ class Scheduler:
         assert self._free is not None
         if self._free.locked() or any(self._levels):
             return False
-        if self._policy is None or rows in self._preferred:
-            return True
+        if self._policy is None or rows >= self._max_rows or rows in self._preferred:
+            return True  # nothing to wait for
         if self._pays_at(rows):
             return False
         self._formations += 1
@@ -200,6 +200,11 @@ class Scheduler:
         while True:
             await self._wait_for_work()
             await self._free.acquire()
+            if self._head() is None:
+                # What woke us was cancelled or expired while every instance was busy: hand the
+                # instance back, so that a lone request arriving now can run at once in submit.
+                self._free.release()
+                continue
             batch = await self._next_batch()
             self._active += 1
             task = asyncio.get_running_loop().create_task(self._execute(batch))
