@@ -33,6 +33,7 @@ from torchwire.client import Client, InferenceError
 from . import ceilings, perfanalyzer, processes, report, workload
 from .batchstats import Counts, StatisticsProbe, mean_batch_size
 from .loadgen import LoadError, WorkerPool
+from .output import stamped
 from .plot import write_png
 from .results import Level, Measured, Run, rounded_batch, summarize
 
@@ -512,10 +513,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def _write(run: Run, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{run.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = stamped(out, run.model)
     paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".png")]
-    report.write_json(run, paths[0])
-    report.write_csv(run, paths[1])
+    report.write(run, paths[0], paths[1])
     write_png(run, paths[2])
     return paths

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from .output import error_counts, num, write_csv, write_json
 from .results import Level, Measured, Run
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
 def _ratio(value: float | None) -> str:
@@ -22,19 +17,13 @@ def _ratio(value: float | None) -> str:
     return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
 
 
-def _errors(measured: Measured) -> str:
-    if not measured.errors:
-        return "0"
-    return ", ".join(f"{code} {count}" for code, count in sorted(measured.errors.items()))
-
-
 def level_line(label: str, measured: Measured) -> str:
     """One finished level, printed as the sweep goes."""
     return (
-        f"{label:>9}  c={measured.concurrency:<4} {_num(measured.throughput):>8} infer/s  "
-        f"p50 {_num(measured.p50_ms, 2)} ms  p90 {_num(measured.p90_ms, 2)} ms  "
-        f"p99 {_num(measured.p99_ms, 2)} ms  batch {_num(measured.mean_batch_size, 1)}  "
-        f"errors {_errors(measured)}"
+        f"{label:>9}  c={measured.concurrency:<4} {num(measured.throughput):>8} infer/s  "
+        f"p50 {num(measured.p50_ms, 2)} ms  p90 {num(measured.p90_ms, 2)} ms  "
+        f"p99 {num(measured.p99_ms, 2)} ms  batch {num(measured.mean_batch_size, 1)}  "
+        f"errors {error_counts(measured.errors)}"
         + (f"  server cpu {measured.server_cpu_us:.0f} µs/req" if measured.server_cpu_us is not None else "")
     )
 
@@ -63,18 +52,18 @@ def table(run: Run) -> Table:
         tw, bare, inproc = level.torchwire, level.bare, level.inprocess
         out.add_row(
             str(level.concurrency),
-            _num(tw.throughput),
-            _num(tw.p50_ms, 2),
-            _num(tw.p90_ms, 2),
-            _num(tw.p99_ms, 2),
-            _num(tw.mean_batch_size, 1),
-            _errors(tw),
+            num(tw.throughput),
+            num(tw.p50_ms, 2),
+            num(tw.p90_ms, 2),
+            num(tw.p99_ms, 2),
+            num(tw.mean_batch_size, 1),
+            error_counts(tw.errors),
             level.bare_flavor or "n/a",
-            _num(bare.throughput) if bare else "n/a",
-            _num(bare.p50_ms, 2) if bare else "n/a",
-            _num(bare.p99_ms, 2) if bare else "n/a",
+            num(bare.throughput) if bare else "n/a",
+            num(bare.p50_ms, 2) if bare else "n/a",
+            num(bare.p99_ms, 2) if bare else "n/a",
             _ratio(level.vs_bare),
-            f"{_num(inproc.rows_per_s)} @{inproc.batch}" if inproc else "n/a",
+            f"{num(inproc.rows_per_s)} @{inproc.batch}" if inproc else "n/a",
             _ratio(level.vs_inprocess),
         )
     return out
@@ -84,10 +73,6 @@ def show(run: Run, console: Console) -> None:
     console.print(table(run))
     for note in run.notes:
         console.print(f"note: {note}")
-
-
-def write_json(run: Run, path: Path) -> None:
-    path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
 
 
 CSV_COLUMNS = (
@@ -138,10 +123,7 @@ def _row(run: Run, level: Level) -> dict[str, object]:
     }
 
 
-def write_csv(run: Run, path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for level in run.levels:
-            # Empty cells for n/a, which spreadsheets and pandas read as missing.
-            writer.writerow({k: ("" if v is None else v) for k, v in _row(run, level).items()})
+def write(run: Run, json_path: Path, csv_path: Path) -> None:
+    """Everything as JSON; one CSV row a level."""
+    write_json(run.to_dict(), json_path)
+    write_csv((_row(run, level) for level in run.levels), CSV_COLUMNS, csv_path)

@@ -24,6 +24,7 @@ from rich.console import Console
 from . import cli as bench_cli
 from . import processes, soakreport, workload
 from .loadgen import LoadError, WorkerPool, split
+from .output import stamped
 from .soakresults import Interval, SoakRun
 
 EXIT_FAILED = 1
@@ -222,9 +223,7 @@ def _settings(options: Options) -> dict[str, Any]:
 
 
 def _write(soak: SoakRun, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"soak-{soak.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = stamped(out, f"soak-{soak.model}")
     paths = [stem.with_suffix(".json"), stem.with_suffix(".csv")]
-    soakreport.write_json(soak, paths[0])
-    soakreport.write_csv(soak, paths[1])
+    soakreport.write(soak, paths[0], paths[1])
     return paths
