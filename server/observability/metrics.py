@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,27 @@ from .statistics import Histogram, ModelStatistics
 
 FAILURE_REASONS = FAILURE_LABELS
 SNAPSHOT_TIMEOUT_S = 10.0
+
+# Per model version: (name, help, what it reads from the version's statistics).
+COUNTERS: tuple[tuple[str, str, Callable[[ModelStatistics], int]], ...] = (
+    ("torchwire_request_success", "Requests answered successfully.", lambda s: s.success.count),
+    (
+        "torchwire_inference_count",
+        "Rows inferred (a request of n rows counts n).",
+        lambda s: s.inference_count,
+    ),
+    ("torchwire_execution_count", "Forward passes (batches) run.", lambda s: s.execution_count),
+)
+HISTOGRAMS: tuple[tuple[str, str, Callable[[ModelStatistics], Histogram]], ...] = (
+    (
+        "torchwire_request_duration_seconds",
+        "Request time from arrival to response.",
+        lambda s: s.request_seconds,
+    ),
+    ("torchwire_queue_duration_seconds", "Time requests waited for a batch.", lambda s: s.queue_seconds),
+    ("torchwire_compute_duration_seconds", "Forward pass time per batch.", lambda s: s.compute_seconds),
+    ("torchwire_batch_size", "Rows per forward pass.", lambda s: s.batch_rows),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +114,11 @@ class TorchwireCollector(Collector):
         labels = ["model", "version"]
         rows = [([v.model, v.version], v) for v in snapshot.versions]
 
-        def counter(name: str, doc: str, value: Any) -> Metric:
+        for name, doc, count in COUNTERS:
             family = CounterMetricFamily(name, doc, labels=labels)
             for key, v in rows:
-                family.add_metric(key, value(v))
-            return family
-
-        yield counter(
-            "torchwire_request_success", "Requests answered successfully.", lambda v: v.stats.success.count
-        )
+                family.add_metric(key, count(v.stats))
+            yield family
         failure = CounterMetricFamily(
             "torchwire_request_failure", "Requests that failed, by reason.", labels=[*labels, "reason"]
         )
@@ -109,38 +126,8 @@ class TorchwireCollector(Collector):
             for reason in FAILURE_REASONS:
                 failure.add_metric([*key, reason], v.stats.failures.get(reason, 0))
         yield failure
-        yield counter(
-            "torchwire_inference_count",
-            "Rows inferred (a request of n rows counts n).",
-            lambda v: v.stats.inference_count,
-        )
-        yield counter(
-            "torchwire_execution_count", "Forward passes (batches) run.", lambda v: v.stats.execution_count
-        )
-        yield _histogram(
-            "torchwire_request_duration_seconds",
-            "Request time from arrival to response.",
-            labels,
-            ((k, v.stats.request_seconds) for k, v in rows),
-        )
-        yield _histogram(
-            "torchwire_queue_duration_seconds",
-            "Time requests waited for a batch.",
-            labels,
-            ((k, v.stats.queue_seconds) for k, v in rows),
-        )
-        yield _histogram(
-            "torchwire_compute_duration_seconds",
-            "Forward pass time per batch.",
-            labels,
-            ((k, v.stats.compute_seconds) for k, v in rows),
-        )
-        yield _histogram(
-            "torchwire_batch_size",
-            "Rows per forward pass.",
-            labels,
-            ((k, v.stats.batch_rows) for k, v in rows),
-        )
+        for name, doc, histogram in HISTOGRAMS:
+            yield _histogram(name, doc, labels, ((k, histogram(v.stats)) for k, v in rows))
         queue = GaugeMetricFamily("torchwire_queue_depth", "Requests waiting for a batch.", labels=labels)
         running = GaugeMetricFamily("torchwire_batches_in_flight", "Batches computing now.", labels=labels)
         for key, v in rows:
