@@ -38,9 +38,11 @@ protos-check: $(STAMP)
 models: $(STAMP)
 	$(PY) models/build.py
 
+# IMAGE_ARGS goes to the build as is, e.g. a mirror or an offline wheel folder (README "Docker").
+IMAGE_ARGS ?=
 image:
-	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then docker build -t torchwire:latest .; \
-	elif command -v podman >/dev/null 2>&1; then podman build -t torchwire:latest .; \
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then docker build $(IMAGE_ARGS) -t torchwire:latest .; \
+	elif command -v podman >/dev/null 2>&1; then podman build $(IMAGE_ARGS) -t torchwire:latest .; \
 	else echo "make image needs docker or podman" >&2; exit 1; fi
 
 clean:
