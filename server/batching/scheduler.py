@@ -2,7 +2,8 @@
 
 Batch forming rule (dynamic_batching):
 - A batch is formed only when an instance is free. While every instance computes, requests pile up,
-  and the next batch takes them all at once: under load, batches grow without any waiting.
+  and the next batch takes them all at once (within the size rules below): under load, batches
+  grow without any waiting.
 - A batch holds requests whose non-batch shapes agree, up to max_batch_size rows. Higher priority
   levels go first, and within a level requests go in arrival order.
 - Preferred sizes (Triton's rule): when the first requests in that order add up to a
