@@ -149,7 +149,7 @@ def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
 
 
 def load_model(path: Path, spec: ModelSpec, threads: int) -> TorchScriptModel:
-    """Blocking: load the module (load_module), then warm it up on its instance threads' settings."""
+    """Blocking: load the module (load_module), start its instance threads, then warm it up."""
     model = TorchScriptModel(load_module(path, spec), spec, threads)
     try:
         for batch in warmup_batches(spec):
