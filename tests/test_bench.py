@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc
 
-from modelgen import Identity, single_io_config, write_model
+from modelgen import WidthFive, single_io_config, write_model
 from serving import running_server
 from torchwire.client import Client
 from torchwire.client._calls import ModelMetadata, TensorMetadata
@@ -201,15 +201,20 @@ def test_shapes_size_variable_dims_and_must_fit_the_model() -> None:
 
 
 def test_bench_takes_shapes_for_variable_dims(tmp_path: Path) -> None:
-    """A model with a variable dimension, benchmarked with --shape: the run completes without an
-    error and records the shape (test_shapes_size_variable_dims... shows what requests it builds)."""
+    """A model with a variable dimension that fails unless rows are 5 wide (warmed up at 5):
+    benchmarked with --shape INPUT__0:5, every request succeeds, so every one carried that shape."""
     repo = tmp_path / "repo"
-    write_model(repo, "echo", Identity(), single_io_config("echo", "FP32", [-1], 8, "dynamic_batching { }"))
-    command = [sys.executable, "-m", "torchwire.server", "bench", "--model", "echo", "--shape", "INPUT__0:5"]
+    warmup = (
+        'model_warmup [{ name: "five" batch_size: 1 inputs { key: "INPUT__0" '
+        "value: { data_type: TYPE_FP32 dims: [5] zero_data: true } } }]"
+    )
+    config = single_io_config("five", "FP32", [-1], 8, f"dynamic_batching {{ }}\n{warmup}")
+    write_model(repo, "five", WidthFive(), config)
+    command = [sys.executable, "-m", "torchwire.server", "bench", "--model", "five", "--shape", "INPUT__0:5"]
     command += ["--concurrency", "2", "--duration", "0.5", "--warmup", "0.2", "--repository", str(repo)]
     done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
-    (json_path,) = tmp_path.glob("echo-*.json")
+    (json_path,) = tmp_path.glob("five-*.json")
     run = json.loads(json_path.read_text())
     assert run["settings"]["shapes"] == {"INPUT__0": [5]}
     (level,) = run["levels"]

@@ -481,7 +481,7 @@ def _settings(options: Options) -> dict[str, Any]:
         "duration_s": options.duration,
         "warmup_s": options.warmup,
         "batch": options.batch,
-        "shapes": {name: list(dims) for name, dims in options.shapes.items()},
+        "shapes": dict(options.shapes),  # json writes the dims tuples as lists
         "streaming": options.streaming,
         "workers": options.workers,
         "torch_threads": options.torch_threads,

@@ -215,7 +215,7 @@ def _settings(options: Options) -> dict[str, Any]:
         "stream_slots": options.stream_slots,
         "stream_share": options.stream_share,
         "batch": options.batch,
-        "shapes": {name: list(dims) for name, dims in options.shapes.items()},
+        "shapes": dict(options.shapes),  # json writes the dims tuples as lists
         "workers": options.workers,
         "torch_threads": options.torch_threads,
         "repository": str(options.repository) if options.repository else None,
