@@ -32,7 +32,7 @@ def _expected(request: pb.ModelInferRequest, outputs: dict[str, np.ndarray]) -> 
 
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("request_id", ["", "req-é-42"])
-def test_assembled_response_is_the_expected_message(
+def test_unary_response_is_exactly_the_expected_message(
     bundled: RunningServer, rows: int, request_id: str
 ) -> None:
     a = np.arange(16 * rows, dtype="<i4").reshape(rows, 16)
