@@ -18,7 +18,7 @@ COPY protos ./protos
 COPY client ./client
 COPY server ./server
 COPY models ./models
-RUN pip install "./[server]"
+RUN pip install "./[server,trace]"
 
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/torchwire/bin:$PATH \

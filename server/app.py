@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc.aio
@@ -60,6 +61,7 @@ class App:
         self._polling: asyncio.Task[None] | None = None
         self._stopping = False
         self.metrics: MetricsServer | None = None
+        self._stop_tracing: Callable[[], None] | None = None
 
     def _server_options(self) -> list[tuple[str, int]]:
         settings = self.settings
@@ -133,6 +135,8 @@ class App:
 
     async def start(self) -> int:
         """Listen at once (health says NOT_SERVING), then load the repository in the background."""
+        if self.settings.trace:  # first: a missing trace extra stops the start before anything runs
+            self._stop_tracing = configure_exporter(self.settings.trace_exporter)
         server = self._build_server()
         credentials = self._credentials()
         if credentials is None:
@@ -142,8 +146,6 @@ class App:
         await server.start()
         self._server = server
         await self.health.start()
-        if self.settings.trace:
-            configure_exporter(self.settings.trace_exporter)
         if self.settings.metrics_port:
             self.metrics = MetricsServer(self.core, self.settings.host, max(self.settings.metrics_port, 0))
             metrics_port = self.metrics.start(asyncio.get_running_loop())
@@ -216,4 +218,6 @@ class App:
         await self.registry.close()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
+        if self._stop_tracing is not None:  # exports the spans still batched
+            await asyncio.to_thread(self._stop_tracing)
         log.info("stopped: drained; %d requests succeeded, %d failed", succeeded, failed)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from . import settings as settings_module
 from .bench import commands as bench_commands
 from .eventloop import loop_factory
+from .extras import MissingExtra
 from .observability import configure_logging
 from .settings import Settings
 
@@ -76,6 +77,14 @@ def os_exit_now() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except MissingExtra as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command != "serve":
         return int(args.run(args))
     try:

@@ -84,8 +84,8 @@ class Settings:
     trace: bool = _opt(False, "OpenTelemetry spans per RPC, with queue and compute children")
     trace_exporter: Literal["none", "console", "otlp"] = _opt(
         "none",
-        "where spans go: none (an OpenTelemetry SDK the process set up), console, or otlp (needs "
-        "opentelemetry-exporter-otlp; OTEL_EXPORTER_OTLP_* variables configure it)",
+        "where spans go: none (an OpenTelemetry SDK the process set up), console, or otlp (both need "
+        "the trace extra; OTEL_EXPORTER_OTLP_* variables configure otlp)",
     )
     log_format: Literal["text", "json"] = _opt("text", "log line format")
     access_log_sample: float = _opt(0.0, "fraction of requests that get an access log line (0..1)")

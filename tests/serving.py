@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
+import re
+import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,3 +84,78 @@ def running_server(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
         loop.close()
+
+
+class ServeProcess:
+    """`torchwire serve` as its own process. Threads read its stdout and stderr into lines, so a test
+    can wait on either stream (a span on stdout, a log line on stderr) without blocking on a pipe."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._readers = [
+            threading.Thread(target=self._read, args=(name,), daemon=True) for name in self.lines
+        ]
+        for reader in self._readers:
+            reader.start()
+        self.port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+
+    def _read(self, name: str) -> None:
+        stream = getattr(self.process, name)
+        for line in stream:
+            self.lines[name].append(line)
+
+    def text(self, name: str = "stderr") -> str:
+        return "".join(self.lines[name])
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_for(self, pattern: str, name: str = "stderr", timeout: float = START_TIMEOUT_S) -> re.Match[str]:
+        """The first line of `name` that matches; fails with what the process said if none comes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.process.poll() is not None
+            for line in list(self.lines[name]):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            if exited and not any(reader.is_alive() for reader in self._readers):
+                raise AssertionError(f"exited {self.process.returncode} before {pattern!r}:\n{self.text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no line matching {pattern!r} on {name}:\n{self.text(name)}")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (a graceful stop), then the exit status once both streams are read to the end."""
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=timeout)
+        return code
+
+
+@contextmanager
+def serve_process(
+    torchwire: Path, *flags: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[ServeProcess]:
+    """`torchwire serve` on a free 127.0.0.1 port (metrics off, one torch thread; `flags` win), with
+    `env` added to this process's environment; killed if the test leaves it running, even on failure."""
+    command = [str(torchwire), "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
+    command += ["--torch-threads", "1", *flags]
+    variables = {k: v for k, v in os.environ.items() if not k.startswith("TORCHWIRE_") and k != "PYTHONPATH"}
+    process = subprocess.Popen(
+        command,
+        env=variables | dict(env or {}),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield ServeProcess(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)

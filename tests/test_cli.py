@@ -18,7 +18,6 @@ import pytest
 
 from torchwire.client import Client
 from torchwire.server import settings as settings_module
-from torchwire.server.bench.commands import BENCH_EXTRA
 from torchwire.server.settings import Settings
 
 TORCHWIRE = Path(sys.executable).parent / "torchwire"
@@ -76,33 +75,6 @@ def _serve(command: Sequence[str] = (str(TORCHWIRE),), **variables: str) -> Iter
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
-
-
-# `torchwire` as installed by `pip install torchwire[server]` (the container image): without the
-# bench extra's packages, which an import finder refuses as if they were not installed.
-WITHOUT_BENCH_EXTRA = [
-    sys.executable,
-    "-c",
-    f"""
-import sys
-class WithoutBenchExtra:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {BENCH_EXTRA!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-sys.meta_path.insert(0, WithoutBenchExtra())
-from torchwire.server.cli import main
-sys.exit(main(sys.argv[1:]))
-""",
-]
-
-
-def test_serve_needs_only_the_server_extra_and_bench_says_what_it_needs() -> None:
-    _serves_then_stops_on_sigterm(WITHOUT_BENCH_EXTRA, "uvloop")
-    bench = subprocess.run(
-        [*WITHOUT_BENCH_EXTRA, "bench", "--model", "mlp"], capture_output=True, text=True, timeout=120
-    )
-    assert bench.returncode == 1, bench.stderr
-    assert "needs the bench extra (rich is missing): pip install 'torchwire[bench]'" in bench.stderr
 
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])

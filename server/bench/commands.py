@@ -12,8 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# What the bench extra adds over the server extra (pyproject.toml).
-BENCH_EXTRA = ("rich", "matplotlib")
+from torchwire.server.extras import needs
 
 
 def register(commands: Any) -> None:
@@ -24,16 +23,8 @@ def register(commands: Any) -> None:
 
 def _runs(module: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        try:
+        with needs("bench", f"torchwire {args.command}"):
             command = importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as exc:
-            missing = (exc.name or "").partition(".")[0]
-            if missing not in BENCH_EXTRA:
-                raise
-            raise SystemExit(
-                f"torchwire {args.command}: needs the bench extra ({missing} is missing): "
-                f"pip install 'torchwire[bench]'"
-            ) from exc
         result: int = command.run(args)
         return result
 

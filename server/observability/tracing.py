@@ -1,15 +1,15 @@
 """OpenTelemetry spans: one per RPC (its parent taken from an incoming W3C `traceparent`), with
 `queue` and `compute` children built after the fact from the scheduler's timestamps.
 
-Off by default: with tracing off nothing here runs on the request path. Only opentelemetry-api is
-needed to trace; the SDK and an exporter are needed only for the `console` and `otlp` exporters.
+Off by default: with tracing off nothing here runs on the request path. Only opentelemetry-api (in
+the server extra) is needed to trace; the `console` and `otlp` exporters need the trace extra.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -17,27 +17,40 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..batching import Completed
+from ..extras import needs
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def configure_exporter(kind: str) -> None:
-    """Install an SDK tracer provider for the `console` or `otlp` exporter ("none" leaves the process's)."""
+def configure_exporter(kind: str) -> Callable[[], None] | None:
+    """Install an SDK tracer provider for the `console` or `otlp` exporter ("none" leaves the process's).
+
+    Returns what flushes and stops it at shutdown. Both exporters need the trace extra: without it
+    this raises MissingExtra.
+    """
     if kind == "none":
-        return
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+        return None
+    with needs("trace", f"torchwire serve --trace-exporter {kind}"):
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    exporter: SpanExporter
-    if kind == "console":
-        exporter = ConsoleSpanExporter()
-    else:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # type: ignore[import-not-found]
+        exporter: SpanExporter
+        if kind == "console":
+            exporter = ConsoleSpanExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter()
-    provider = TracerProvider()
+            exporter = OTLPSpanExporter()
+
+    # Named `torchwire` in the collector unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES say else.
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "torchwire"}))
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    return provider.shutdown
 
 
 class Tracing:
