@@ -65,6 +65,7 @@ def _serve(command: Sequence[str] = (str(TORCHWIRE),), **variables: str) -> Iter
     """`torchwire serve` on a free 127.0.0.1 port with these TORCHWIRE_* variables; killed if the
     test leaves it running, even when it fails."""
     env = {**os.environ, "TORCHWIRE_HOST": "127.0.0.1", "TORCHWIRE_PORT": "0", "TORCHWIRE_TORCH_THREADS": "1"}
+    env["TORCHWIRE_METRICS_PORT"] = "0"  # not the default 8002: no test binds a fixed port
     env |= {f"TORCHWIRE_{name.upper()}": value for name, value in variables.items()}
     process = subprocess.Popen(
         [*command, "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
