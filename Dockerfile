@@ -17,6 +17,7 @@ COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY client ./client
 COPY server ./server
+COPY bench ./bench
 COPY models ./models
 RUN pip install "./[server]"
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import settings as settings_module
-from .bench import commands as bench_commands
 from .eventloop import loop_factory
 from .observability import configure_logging
 from .settings import Settings
@@ -32,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Every flag can also be set with the TORCHWIRE_* variable it names; flags win.",
     )
     settings_module.add_arguments(serve)
+    from torchwire.bench import commands as bench_commands  # bench's modules load when they run
+
     bench_commands.register(commands)
     return parser
 

@@ -19,12 +19,12 @@ import tritonclient.grpc
 
 from modelgen import WidthFive, single_io_config, write_model
 from serving import running_server
+from torchwire.bench import perfanalyzer, processes, workload
+from torchwire.bench.batchstats import Counts, mean_batch_size
+from torchwire.bench.loadgen import LoadError, WorkerPool, split
 from torchwire.client import Client
 from torchwire.client._calls import ModelMetadata, TensorMetadata
 from torchwire.client._proto import grpc_service_pb2 as pb
-from torchwire.server.bench import perfanalyzer, processes, workload
-from torchwire.server.bench.batchstats import Counts, mean_batch_size
-from torchwire.server.bench.loadgen import LoadError, WorkerPool, split
 
 SIMPLE = ModelMetadata(
     "simple",

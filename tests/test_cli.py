@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from torchwire.bench.commands import BENCH_EXTRA
 from torchwire.client import Client
 from torchwire.server import settings as settings_module
-from torchwire.server.bench.commands import BENCH_EXTRA
 from torchwire.server.settings import Settings
 
 TORCHWIRE = Path(sys.executable).parent / "torchwire"

@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from serving import RunningServer, running_server, wait_until
+from torchwire.bench.soak import boundaries, check_loopback
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
-from torchwire.server.bench.soak import boundaries, check_loopback
 
 SOAK = [sys.executable, "-m", "torchwire.server", "soak"]
 

@@ -40,8 +40,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def bare_server_script() -> Path | None:
-    """benchmarks/bare_server.py of a source checkout; None for an installed wheel (no benchmarks/)."""
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bare_server.py"
+    """bare_server.py beside this module."""
+    script = Path(__file__).resolve().with_name("bare_server.py")
     return script if script.is_file() else None
 
 
