@@ -11,12 +11,12 @@ from grpc_health.v1 import health_pb2
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
-from .core import InferenceCore
-from .limits import Gate, Limits
+from .core.limits import Gate, Limits
+from .core.registry import Registry
+from .core.service import InferenceCore
 from .observability.logs import AccessLog
 from .observability.metrics import MetricsServer
 from .observability.tracing import Tracing, configure_exporter
-from .registry import Registry
 from .rpc import reflection
 from .rpc.auth import TokenAuth, read_tokens
 from .rpc.handlers import service_handler

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..core import FAILURE_LABELS, InferenceCore
-from ..registry import State
+from ..core.registry import State
+from ..core.service import FAILURE_LABELS, InferenceCore
 from .statistics import Histogram, ModelStatistics
 
 FAILURE_REASONS = FAILURE_LABELS

@@ -11,7 +11,7 @@ from google.protobuf import text_format
 
 from torchwire.client._proto import model_config_pb2 as mc
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MODEL_FILE = "model.pt"

@@ -18,8 +18,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from ..errors import LimitExceeded
-from ..limits import Gate, setting_name
+from ..core.errors import LimitExceeded
+from ..core.limits import Gate, setting_name
 
 
 class Undecodable:

@@ -13,9 +13,9 @@ from opentelemetry import trace
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
-from ..core import InferenceCore
-from ..errors import LimitExceeded
-from ..limits import Gate
+from ..core.errors import LimitExceeded
+from ..core.limits import Gate
+from ..core.service import InferenceCore
 from ..observability.logs import AccessLog
 from ..observability.tracing import Tracing
 from .status import mapped, status_of

@@ -10,7 +10,7 @@ from typing import Any, Final, TypeVar
 import grpc
 import grpc.aio
 
-from .. import errors
+from ..core import errors
 
 log = logging.getLogger("torchwire.rpc")
 

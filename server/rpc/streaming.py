@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
-from ..core import InferenceCore
+from ..core.service import InferenceCore
 from .handlers import Undecodable
 from .status import status_of
 

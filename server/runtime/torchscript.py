@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..errors import ConfigError, ModelExecutionError
+from ..core.errors import ConfigError, ModelExecutionError
 from ..repository import ModelSpec, TensorSpec
 from .instances import Instances
 from .warmup import warmup_batches

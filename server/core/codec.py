@@ -16,9 +16,9 @@ import numpy.typing as npt
 from torchwire.client import _codec
 from torchwire.client._proto import grpc_service_pb2 as pb
 
+from ..repository import ModelSpec, TensorSpec
 from .errors import InvalidRequest, Unsupported
 from .limits import Limits
-from .repository import ModelSpec, TensorSpec
 
 Array = npt.NDArray[Any]
 DEFAULT_LIMITS = Limits()

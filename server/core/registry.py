@@ -21,12 +21,12 @@ from pathlib import Path
 
 from torchwire.client._proto import model_config_pb2 as mc
 
-from .batching import Scheduler
+from ..batching import Scheduler
+from ..observability.statistics import ModelStatistics
+from ..repository import ModelSpec, build_spec, read_config, scan
+from ..repository.scanner import versions_of
+from ..runtime import TorchScriptModel, load_model
 from .errors import ConfigError, InvalidRequest, ModelNotFound, ModelUnavailable
-from .observability.statistics import ModelStatistics
-from .repository import ModelSpec, build_spec, read_config, scan
-from .repository.scanner import versions_of
-from .runtime import TorchScriptModel, load_model
 
 log = logging.getLogger("torchwire.registry")
 

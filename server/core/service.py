@@ -15,12 +15,12 @@ from google.protobuf import json_format
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import model_config_pb2 as mc
 
+from ..batching import Completed
+from ..observability.statistics import Duration, ModelStatistics
 from . import errors
-from .batching import Completed
 from .codec import decode_request, encode_response
 from .errors import InvalidRequest, NotAllowed, TorchwireError, Unsupported
 from .limits import Limits
-from .observability.statistics import Duration, ModelStatistics
 from .registry import Registry, State
 
 SERVER_NAME = "torchwire"
