@@ -127,7 +127,7 @@ def _serves_then_stops_on_sigterm(command: Sequence[str], event_loop: str) -> No
 
 
 def test_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for field in Settings.__dataclass_fields__:
         assert f"`TORCHWIRE_{field.upper()}`" in readme, field
 

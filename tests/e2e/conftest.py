@@ -1,14 +1,10 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from serving import RunningServer, running_server
+from support.serving import RunningServer, running_server
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from modelgen import (
+from support.modelgen import (
     DoubleUnlessNegative,
     OneOutputOnly,
     ShapeShifter,
@@ -17,19 +17,12 @@ from modelgen import (
     tensor_config,
     write_model,
 )
-from serving import RunningServer, running_server
+from support.requests import simple_request
+from support.serving import RunningServer, running_server
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 Build = Callable[[], pb.ModelInferRequest]
-
-
-def simple_request() -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="simple", id="good")
-    for name in ("INPUT0", "INPUT1"):
-        request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
-        request.raw_input_contents.append(np.arange(16, dtype="<i4").tobytes())
-    return request
 
 
 def _with(change: Callable[[pb.ModelInferRequest], None]) -> Build:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from serving import RunningServer
+from support.serving import RunningServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTOBUF_MAJORS = {"5": "protobuf>=5.26,<6", "7": "protobuf>=7,<8"}
 
 CLIENT_SCRIPT = """

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving import RunningServer, running_server, wait_until
+from support.serving import RunningServer, running_server, wait_until
 from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc

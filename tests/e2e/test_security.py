@@ -14,11 +14,11 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from certs import Certs, make_certs
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelgen import Expand, Spinner, single_io_config, spinner_config, tensor_config, write_model
-from serving import RunningServer, running_server
+from support.certs import Certs, make_certs
+from support.modelgen import Expand, Spinner, single_io_config, spinner_config, tensor_config, write_model
+from support.serving import RunningServer, running_server
 from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc

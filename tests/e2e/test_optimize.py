@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelgen import ConvNet, tensor_config, write_model
-from serving import running_server
+from support.modelgen import ConvNet, tensor_config, write_model
+from support.serving import running_server
 from torchwire.client import Client
 from torchwire.server.repository import load_spec
 from torchwire.server.runtime.torchscript import load_module

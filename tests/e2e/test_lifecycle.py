@@ -16,8 +16,8 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelgen import Scale, Spinner, add_version, single_io_config, spinner_config, write_model
-from serving import running_server, wait_until
+from support.modelgen import Scale, Spinner, add_version, single_io_config, spinner_config, write_model
+from support.serving import running_server, wait_until
 from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc

@@ -21,7 +21,7 @@ from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from serving import RunningServer, running_server
+from support.serving import RunningServer, running_server
 from torchwire.client._proto.model_config_pb2 import DataType, ModelConfig
 from torchwire.models import REPOSITORY
 from torchwire.server.repository import ModelSource, scan

@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelgen import Spinner, spinner_config, write_model
-from serving import RunningServer, running_server
+from support.modelgen import Spinner, spinner_config, write_model
+from support.serving import RunningServer, running_server
 from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc

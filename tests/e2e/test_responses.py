@@ -7,8 +7,8 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import RunningServer
-from test_bad_input import simple_request
+from support.requests import simple_request
+from support.serving import RunningServer
 from torchwire.client._proto import grpc_service_pb2 as pb
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from serving import RunningServer
+from support.serving import RunningServer
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXPECTED = {
     "unary.py": "predicted digits: [",
     "stream_generator.py": "streamed 100 frames",

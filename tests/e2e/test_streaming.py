@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from modelgen import Spinner, spinner_config, write_model
-from serving import RunningServer, running_server
+from support.modelgen import Spinner, spinner_config, write_model
+from support.serving import RunningServer, running_server
 from torchwire.client import AsyncClient, Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc

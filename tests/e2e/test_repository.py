@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelgen import Identity, single_io_config, write_model
-from serving import RunningServer, running_server
+from support.modelgen import Identity, single_io_config, write_model
+from support.serving import RunningServer, running_server
 from torchwire.client import Client, InferenceError
 
 

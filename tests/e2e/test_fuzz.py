@@ -35,8 +35,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from modelgen import Identity, identity_repository, single_io_config, write_model
-from serving import RunningServer, running_server
+from support.modelgen import Identity, identity_repository, single_io_config, write_model
+from support.serving import RunningServer, running_server
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -179,7 +179,7 @@ DYN_CONFIG = (
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo: Path = tmp_path_factory.mktemp("fuzz-repo")
     assert sorted(identity_repository(repo)) == sorted(IDENTITY)
-    shutil.copytree(Path(__file__).parents[1] / "models" / "simple", repo / "simple")
+    shutil.copytree(Path(__file__).parents[2] / "models" / "simple", repo / "simple")
     write_model(repo, "flat", Identity(), single_io_config("flat", "FP32", [-1, -1], 0))
     write_model(repo, "dyn", Identity(), single_io_config("dyn", "INT64", [-1], 8, DYN_CONFIG))
     write_model(repo, "broken", None, single_io_config("broken", "FP32", [4], 8))  # no model.pt

@@ -17,7 +17,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
-from serving import RunningServer, running_server
+from support.serving import RunningServer, running_server
 from torchwire.models import REPOSITORY
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"

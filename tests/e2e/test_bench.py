@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc
 
-from modelgen import WidthFive, single_io_config, write_model
-from serving import running_server
+from support.modelgen import WidthFive, single_io_config, write_model
+from support.serving import running_server
 from torchwire.bench import perfanalyzer, processes, workload
 from torchwire.bench.batchstats import Counts, mean_batch_size
 from torchwire.bench.loadgen import LoadError, WorkerPool, split

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import torchwire.client
-from modelgen import DATATYPES, identity_repository
-from serving import RunningServer, running_server
+from support.modelgen import DATATYPES, identity_repository
+from support.serving import RunningServer, running_server
 from torchwire.client import AsyncClient, Client, InferenceError
 from torchwire.models import REPOSITORY
 

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from serving import RunningServer, running_server, wait_until
+from support.serving import RunningServer, running_server, wait_until
 from torchwire.bench.soak import boundaries, check_loopback
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
