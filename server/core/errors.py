@@ -1,4 +1,5 @@
 """Typed domain errors. None of them knows gRPC: rpc/status.py maps each to a status code, once.
+Each names its `reason`, the bounded label metrics count a failed inference request under.
 
 TorchwireError
  ├─ ModelNotFound        no such model, or no such version of it
@@ -10,14 +11,19 @@ TorchwireError
  ├─ ModelExecutionError  the model raised, or returned outputs that do not fit its config
  ├─ Unsupported          a protocol feature torchwire does not offer
  ├─ NotAllowed           an operation the server's configuration forbids (e.g. load without explicit mode)
- └─ ConfigError          a config.pbtxt or model file that cannot be served (its reason is reported)
+ ├─ ConfigError          a config.pbtxt or model file that cannot be served (its reason is reported)
+ └─ Unauthenticated      a call without a valid bearer token
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class TorchwireError(Exception):
     """Base of every error a caller may see; its message is safe to send to the client."""
+
+    reason: ClassVar[str] = "internal"
 
 
 class ModelNotFound(TorchwireError):
@@ -25,31 +31,31 @@ class ModelNotFound(TorchwireError):
 
 
 class ModelUnavailable(TorchwireError):
-    pass
+    reason = "unavailable"
 
 
 class InvalidRequest(TorchwireError):
-    pass
+    reason = "invalid_input"
 
 
 class QueueFull(TorchwireError):
-    pass
+    reason = "rejected"
 
 
 class LimitExceeded(TorchwireError):
-    pass
+    reason = "rejected"
 
 
 class DeadlineExpired(TorchwireError):
-    pass
+    reason = "timeout"
 
 
 class ModelExecutionError(TorchwireError):
-    pass
+    reason = "model_error"
 
 
 class Unsupported(TorchwireError):
-    pass
+    reason = "invalid_input"
 
 
 class NotAllowed(TorchwireError):
@@ -58,3 +64,13 @@ class NotAllowed(TorchwireError):
 
 class ConfigError(TorchwireError):
     pass
+
+
+class Unauthenticated(TorchwireError):
+    pass
+
+
+# Every label a failed request can carry: the errors' reasons, a cancelled call, anything else.
+FAILURE_REASONS = tuple(
+    dict.fromkeys([*(error.reason for error in TorchwireError.__subclasses__()), "cancelled", "internal"])
+)

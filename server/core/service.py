@@ -17,7 +17,6 @@ from torchwire.client._proto import model_config_pb2 as mc
 
 from ..batching import Completed
 from ..observability.statistics import Duration, ModelStatistics
-from . import errors
 from .codec import decode_request, encode_response
 from .errors import InvalidRequest, NotAllowed, TorchwireError, Unsupported
 from .limits import Limits
@@ -26,19 +25,6 @@ from .registry import Registry, State
 SERVER_NAME = "torchwire"
 # Triton's extension names for what this server implements (perf_analyzer reads the list).
 EXTENSIONS = ("model_configuration", "model_repository", "schedule_policy", "statistics", "streaming")
-
-
-# Why a request failed, as metrics label it (a bounded set).
-FAILURE_REASONS: dict[type[TorchwireError], str] = {
-    errors.InvalidRequest: "invalid_input",
-    errors.Unsupported: "invalid_input",
-    errors.QueueFull: "rejected",
-    errors.LimitExceeded: "rejected",
-    errors.DeadlineExpired: "timeout",
-    errors.ModelExecutionError: "model_error",
-    errors.ModelUnavailable: "unavailable",
-}
-FAILURE_LABELS = (*dict.fromkeys(FAILURE_REASONS.values()), "cancelled", "internal")
 
 
 def _version() -> str:
@@ -157,7 +143,7 @@ class InferenceCore:
             failure = "cancelled"
             raise
         except TorchwireError as exc:
-            failure = FAILURE_REASONS.get(type(exc), "internal")
+            failure = exc.reason
             raise
         finally:
             served.stats.record_request(time.monotonic_ns() - start, failure)

@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..core.errors import FAILURE_REASONS
 from ..core.registry import State
-from ..core.service import FAILURE_LABELS, InferenceCore
+from ..core.service import InferenceCore
 from .statistics import Histogram, ModelStatistics
 
-FAILURE_REASONS = FAILURE_LABELS
 SNAPSHOT_TIMEOUT_S = 10.0
 
 # Per model version: (name, help, what it reads from the version's statistics).

@@ -13,7 +13,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ..core.errors import Unauthenticated
 from .health import HEALTH_SERVICE
+from .status import guarded
 
 REFLECTION_PREFIX = "/grpc.reflection."
 DENIED = "missing or invalid bearer token (send metadata `authorization: Bearer <token>`)"
@@ -27,8 +29,9 @@ def read_tokens(path: Path) -> list[bytes]:
     return found
 
 
+@guarded
 async def _deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+    raise Unauthenticated(DENIED)
 
 
 def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -1,8 +1,9 @@
 """Method handlers built from service descriptors, with request parsing that cannot fail silently.
 
 grpc's generated registration parses requests before any of our code runs, so an undecodable
-message would surface as UNKNOWN. Here parsing yields an `Undecodable` marker instead, and the
-handler answers it with INVALID_ARGUMENT naming the message type; streams see the marker in line.
+message would surface as UNKNOWN. Here parsing yields an `Undecodable` marker instead, carrying the
+error the handler raises (INVALID_ARGUMENT naming the message type); streams see the marker in line.
+Every method leaves through the one error boundary, status.guarded.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from ..core.errors import LimitExceeded
+from ..core.errors import InvalidRequest, LimitExceeded, TorchwireError
 from ..core.limits import Gate, setting_name
+from .status import guarded
 
 
 class Undecodable:
     """Stands in for a request that is not a valid message of the expected type, or is too large."""
 
-    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> None:
-        self.message = message
-        self.code = code
+    def __init__(self, error: TorchwireError) -> None:
+        self.error = error
 
 
 def _parser(cls: type[Message], max_bytes: int) -> Callable[[bytes], Message | Undecodable]:
@@ -36,33 +37,31 @@ def _parser(cls: type[Message], max_bytes: int) -> Callable[[bytes], Message | U
     def parse(data: bytes) -> Message | Undecodable:
         if len(data) > max_bytes:
             return Undecodable(
-                f"{name} of {len(data)} bytes is over the limit of {max_bytes} set by "
-                f"{setting_name('max_message_bytes')}",
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                LimitExceeded(
+                    f"{name} of {len(data)} bytes is over the limit of {max_bytes} set by "
+                    f"{setting_name('max_message_bytes')}"
+                )
             )
         try:
             return cls.FromString(data)
         except (DecodeError, RuntimeError, ValueError) as exc:
-            return Undecodable(f"request is not a valid {name} message: {exc}")
+            return Undecodable(InvalidRequest(f"request is not a valid {name} message: {exc}"))
 
     return parse
 
 
-async def _refuse_undecodable(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+def _refuse_undecodable(request: Any) -> None:
     if isinstance(request, Undecodable):
-        await context.abort(request.code, request.message)
+        raise request.error
 
 
 def _guard_unary(behavior: Any, gate: Gate | None) -> Any:
     @functools.wraps(behavior)
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await _refuse_undecodable(request, context)
+        _refuse_undecodable(request)
         if gate is None:
             return await behavior(request, context)
-        try:
-            gate.enter()
-        except LimitExceeded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        gate.enter()
         try:
             return await behavior(request, context)
         finally:
@@ -78,7 +77,7 @@ def _guard_unary_stream(behavior: Any) -> Any:
 
         @functools.wraps(behavior)
         async def generate(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            await _refuse_undecodable(request, context)
+            _refuse_undecodable(request)
             async for response in behavior(request, context):
                 yield response
 
@@ -86,7 +85,7 @@ def _guard_unary_stream(behavior: Any) -> Any:
 
     @functools.wraps(behavior)
     async def write(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await _refuse_undecodable(request, context)
+        _refuse_undecodable(request)
         await behavior(request, context)
 
     return write
@@ -99,12 +98,12 @@ def _method_handler(
     serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
     behavior = getattr(servicer, method.name)
     if method.client_streaming and method.server_streaming:
-        return grpc.stream_stream_rpc_method_handler(behavior, parse, serialize)
+        return grpc.stream_stream_rpc_method_handler(guarded(behavior), parse, serialize)
     if method.client_streaming:
-        return grpc.stream_unary_rpc_method_handler(behavior, parse, serialize)
+        return grpc.stream_unary_rpc_method_handler(guarded(behavior), parse, serialize)
     if method.server_streaming:
-        return grpc.unary_stream_rpc_method_handler(_guard_unary_stream(behavior), parse, serialize)
-    return grpc.unary_unary_rpc_method_handler(_guard_unary(behavior, gate), parse, serialize)
+        return grpc.unary_stream_rpc_method_handler(guarded(_guard_unary_stream(behavior)), parse, serialize)
+    return grpc.unary_unary_rpc_method_handler(guarded(_guard_unary(behavior, gate)), parse, serialize)
 
 
 def service_handler(
