@@ -5,7 +5,7 @@ no Python gRPC server doing real work can do either. So it is as cheap as Python
 still doing the work any server must: it parses each request (the batch size comes from its first
 input) and sends a well-formed response with every output's bytes.
 
-    python benchmarks/bare_server.py --port 0 --outputs OUTPUT__0:FP32:-1,10
+    python -m torchwire.bench.bare_server --port 0 --outputs OUTPUT__0:FP32:-1,10
     PORT 40123
 
 With `--describe FILE` (what `torchwire bench --load-generator perf_analyzer` writes: the model's

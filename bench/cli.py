@@ -2,7 +2,7 @@
 
 One run measures, one thing at a time so that each has the cores to itself:
 1. each concurrency level against torchwire (`torchwire serve` started as a subprocess, or
-   --target), then at once against the bare grpc server (benchmarks/bare_server.py) with the same
+   --target), then at once against the bare grpc server (bare_server.py) with the same
    load generator;
 2. with both servers stopped, the model in-process at the batch size torchwire formed per level.
 It prints torchwire's figures as ratios to both, and writes JSON, CSV and a PNG plot.
@@ -407,12 +407,7 @@ def _start_bare(
     notes: list[str],
     torchwire_target: str,
 ) -> dict[str, str]:
-    """The bare servers (both flavors), started for the whole sweep: their targets by name; none
-    when this is not a checkout."""
-    script = processes.bare_server_script()
-    if script is None:
-        notes.append("bare server ceiling skipped: benchmarks/bare_server.py is not here (installed wheel)")
-        return {}
+    """The bare servers (both flavors), started for the whole sweep: their targets by name."""
     if options.target is not None and not options.target.startswith(("127.", "localhost", "[::1]")):
         notes.append(f"the bare server runs on this machine; {options.target} may not: compare with care")
     description = None
@@ -428,7 +423,7 @@ def _start_bare(
     for name, flavor in BARE_FLAVORS.items():
         targets[name] = servers.enter_context(
             processes.bare_server(
-                script, load.output_specs(), streams=streams, describe=description, aio=flavor == "aio"
+                load.output_specs(), streams=streams, describe=description, aio=flavor == "aio"
             )
         )
         if options.perf_analyzer is None:

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 STOP_TIMEOUT_S = 15.0  # SIGTERM first (torchwire drains), kill after this
 READINESS = "readiness"  # torchwire's health service name for "models loaded"
+BARE_SERVER = f"{__package__}.bare_server"  # a module of this package: a wheel has it too
 BARE_UNARY_THREADS = 4  # bare_server.py's default --threads
 
 
@@ -37,12 +38,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def bare_server_script() -> Path | None:
-    """bare_server.py beside this module."""
-    script = Path(__file__).resolve().with_name("bare_server.py")
-    return script if script.is_file() else None
 
 
 def _tail(log: IO[bytes], limit: int = 3000) -> str:
@@ -179,7 +174,6 @@ def resident_bytes(pid: int) -> int | None:
 
 @contextlib.contextmanager
 def bare_server(
-    script: Path,
     outputs: Sequence[str],
     *,
     streams: int = 0,
@@ -187,14 +181,15 @@ def bare_server(
     describe: Path | None = None,
     aio: bool = False,
 ) -> Iterator[str]:
-    """benchmarks/bare_server.py answering with `outputs` (NAME:DATATYPE:DIMS); yields its target.
+    """The bare server (torchwire.bench.bare_server) answering with `outputs` (NAME:DATATYPE:DIMS);
+    yields its target.
 
     `streams`: how many ModelStreamInfer streams will be open at once; a sync grpc server holds a
     handler thread for each, so its pool gets that many threads more than its unary default.
     `describe`: the model's description (perfanalyzer.describe) for perf_analyzer's own calls.
     `aio`: the grpc.aio flavor instead of sync grpc.
     """
-    command = [sys.executable, str(script), "--host", "127.0.0.1", "--port", "0", "--outputs", *outputs]
+    command = [sys.executable, "-m", BARE_SERVER, "--host", "127.0.0.1", "--port", "0", "--outputs", *outputs]
     if streams:
         command += ["--threads", str(BARE_UNARY_THREADS + streams)]
     if describe is not None:

@@ -42,7 +42,7 @@ class Workload:
         ]
 
     def output_specs(self) -> list[str]:
-        """`NAME:DATATYPE:DIMS` for benchmarks/bare_server.py --outputs (batch dimension first, -1)."""
+        """`NAME:DATATYPE:DIMS` for bare_server.py --outputs (batch dimension first, -1)."""
         return [f"{t.name}:{t.datatype}:{','.join(map(str, t.shape))}" for t in self.outputs]
 
 

@@ -67,7 +67,7 @@ def test_short_run_writes_sane_results(tmp_path: Path) -> None:
     run = json.loads(json_path.read_text())
     assert [level["concurrency"] for level in run["levels"]] == [1, 4]
     for level in run["levels"]:
-        for name in ("torchwire", "bare"):  # a checkout has benchmarks/: the bare server ran
+        for name in ("torchwire", "bare"):  # the bare server is part of the package: it always runs
             measured = level[name]
             assert measured["throughput"] > 0 and measured["completed"] > 0
             assert measured["p50_ms"] <= measured["p90_ms"] <= measured["p99_ms"]
@@ -94,10 +94,8 @@ def test_short_run_writes_sane_results(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module", params=["sync", "aio"])
 def bare_target(request: pytest.FixtureRequest) -> Iterator[str]:
-    script = processes.bare_server_script()
-    assert script is not None, "benchmarks/bare_server.py belongs to a checkout"
     outputs = workload.build(SIMPLE, 8, 1).output_specs()
-    with processes.bare_server(script, outputs, aio=request.param == "aio", streams=2) as target:
+    with processes.bare_server(outputs, aio=request.param == "aio", streams=2) as target:
         yield target
 
 
@@ -230,11 +228,9 @@ def test_bare_server_answers_what_perf_analyzer_asks(tmp_path: Path) -> None:
         with Client(tw.target, timeout=10) as client:
             expected_config = client.config("simple")
     assert version == "1"
-    script = processes.bare_server_script()
-    assert script is not None
     outputs = workload.build(SIMPLE, 8, 1).output_specs()
     for aio in (False, True):
-        with processes.bare_server(script, outputs, describe=description, aio=aio) as target:
+        with processes.bare_server(outputs, describe=description, aio=aio) as target:
             triton = tritonclient.grpc.InferenceServerClient(target)
             try:
                 assert triton.is_server_live() and triton.is_server_ready()
