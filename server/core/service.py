@@ -6,6 +6,7 @@ rpc/ adapts it to gRPC; anything else (a REST or streaming adapter) would adapt 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -16,9 +17,10 @@ from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import model_config_pb2 as mc
 
 from ..batching import Completed
+from ..observability.snapshot import Snapshot, VersionSnapshot
 from ..observability.statistics import Duration, ModelStatistics
 from .codec import decode_request, encode_response
-from .errors import InvalidRequest, NotAllowed, TorchwireError, Unsupported
+from .errors import FAILURE_REASONS, InvalidRequest, NotAllowed, TorchwireError, Unsupported
 from .limits import Limits
 from .registry import Registry, State
 
@@ -147,6 +149,35 @@ class InferenceCore:
             raise
         finally:
             served.stats.record_request(time.monotonic_ns() - start, failure)
+
+    def snapshot(self) -> Snapshot:
+        """A copy of what metrics render; call it on the event loop (the only writer of the counters)."""
+        versions: list[VersionSnapshot] = []
+        states: list[tuple[str, str, str]] = []
+        failures: dict[str, int] = {}
+        for entry in self.registry.entries():
+            failures[entry.name] = entry.load_failures
+            for version, (state, _) in sorted(entry.states.items()):
+                states.append((entry.name, str(version), state.value))
+            for version, served in sorted(entry.served.items()):
+                scheduler = served.scheduler
+                versions.append(
+                    VersionSnapshot(
+                        entry.name,
+                        str(version),
+                        copy.deepcopy(served.stats),
+                        scheduler.queued,
+                        scheduler.in_flight,
+                    )
+                )
+        return Snapshot(
+            versions,
+            states,
+            failures,
+            self.unknown_model_requests,
+            tuple(state.value for state in State),
+            FAILURE_REASONS,
+        )
 
     def model_statistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
         """Triton's statistics: every served version, or those of one model (and one version)."""

@@ -25,7 +25,7 @@ from support.serving import RunningServer, running_server
 from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
-from torchwire.server.observability.metrics import FAILURE_REASONS
+from torchwire.server.core.errors import FAILURE_REASONS
 
 SPANS = InMemorySpanExporter()
 
