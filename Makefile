@@ -26,8 +26,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# mypy reads the packages under their import names through a tree of links (pyproject's
+# package-dir maps the folders, which mypy cannot follow through the editable install).
+TYPECHECK_PATH := .tools/typecheck
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy client
+	mkdir -p $(TYPECHECK_PATH)/torchwire
+	for p in client server bench models; do ln -sfn "$(CURDIR)/$$p" $(TYPECHECK_PATH)/torchwire/$$p; done
+	MYPYPATH=$(TYPECHECK_PATH) $(VENV)/bin/mypy -p torchwire.client -p torchwire.server -p torchwire.bench
 
 protos: $(STAMP)
 	$(PY) protos/generate.py

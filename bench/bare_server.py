@@ -183,6 +183,15 @@ def _handlers(
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
+def _answering(body: bytes) -> Unary:
+    """A behavior that answers every request with the same serialized response."""
+
+    def answer(request: Any, context: Any) -> bytes:
+        return body
+
+    return answer
+
+
 def _describing(
     zeros: ZeroResponses, description: Description, aio: bool
 ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
@@ -195,7 +204,7 @@ def _describing(
         "ModelMetadata": description.metadata,
         "ModelConfig": description.config,
     }
-    handlers = {name: _unary(lambda request, context, body=body: body, aio) for name, body in fixed.items()}
+    handlers = {name: _unary(_answering(body), aio) for name, body in fixed.items()}
     handlers["ModelStatistics"] = _unary(lambda request, context: zeros.statistics(description), aio)
     return handlers
 

@@ -14,6 +14,8 @@ import grpc
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
+from .rpcerrors import status_of
+
 
 @dataclass(frozen=True, slots=True)
 class Counts:
@@ -48,7 +50,7 @@ class StatisticsProbe:
         try:
             response = self._stub.ModelStatistics(pb.ModelStatisticsRequest(name=self._model), timeout=5.0)
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            code, _ = status_of(exc)
             if code is grpc.StatusCode.UNIMPLEMENTED:
                 self.unavailable = "the server does not implement ModelStatistics"
             return None  # a transient failure costs this level its batch size, not the run

@@ -36,6 +36,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from torchwire.bench.rpcerrors import status_of
 from torchwire.client import _calls, _codec
 from torchwire.client._proto import grpc_service_pb2 as pb
 
@@ -318,9 +319,8 @@ class StreamLoop:
                     ended = True
                     break
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            raise Fatal(code.name, details or "the stream failed") from exc
+            code, details = status_of(exc)
+            raise Fatal(code.name, details or str(exc) or "the stream failed") from exc
         finally:
             self._close(responses, graceful=ended)
         if in_flight:

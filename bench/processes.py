@@ -24,6 +24,8 @@ from typing import IO, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .rpcerrors import status_of
+
 STOP_TIMEOUT_S = 15.0  # SIGTERM first (torchwire drains), kill after this
 READINESS = "readiness"  # torchwire's health service name for "models loaded"
 BARE_SERVER = f"{__package__}.bare_server"  # a module of this package: a wheel has it too
@@ -86,7 +88,8 @@ def wait_serving(target: str, timeout: float, proc: subprocess.Popen[bytes] | No
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.RpcError as exc:
-                last = exc.code().name if isinstance(exc, grpc.Call) else str(exc)
+                code, _ = status_of(exc)
+                last = code.name if code is not grpc.StatusCode.UNKNOWN else str(exc)
             time.sleep(0.2)
     raise StartError(f"{target} was not ready within {timeout:.0f} s (health: {last})")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 from grpc_health.v1 import health_pb2
@@ -78,7 +79,7 @@ class App:
             ]
         return options
 
-    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         settings = self.settings
         if settings.auth_token_file is None:
             return []

@@ -70,10 +70,10 @@ class TorchwireCollector(Collector):
         labels = ["model", "version"]
         rows = [([v.model, v.version], v) for v in snapshot.versions]
 
-        for name, doc, count in COUNTERS:
+        for name, doc, read in COUNTERS:
             family = CounterMetricFamily(name, doc, labels=labels)
             for key, v in rows:
-                family.add_metric(key, count(v.stats))
+                family.add_metric(key, read(v.stats))
             yield family
         failure = CounterMetricFamily(
             "torchwire_request_failure", "Requests that failed, by reason.", labels=[*labels, "reason"]

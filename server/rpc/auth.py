@@ -34,7 +34,7 @@ async def _deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> No
     raise Unauthenticated(DENIED)
 
 
-def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _denying(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
     codec = {
         "request_deserializer": handler.request_deserializer,
@@ -49,7 +49,7 @@ def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(_deny, **codec)
 
 
-class TokenAuth(grpc.aio.ServerInterceptor):
+class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
     def __init__(self, tokens: list[bytes], *, protect_health: bool, protect_reflection: bool) -> None:
         self._tokens = tokens
         self._open: tuple[str, ...] = ()
@@ -70,9 +70,9 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         if (
             handler is None

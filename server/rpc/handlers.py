@@ -93,7 +93,7 @@ def _guard_unary_stream(behavior: Any) -> Any:
 
 def _method_handler(
     method: MethodDescriptor, servicer: Any, max_bytes: int, gate: Gate | None
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     parse = _parser(message_factory.GetMessageClass(method.input_type), max_bytes)
     serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
     behavior = getattr(servicer, method.name)
@@ -108,7 +108,7 @@ def _method_handler(
 
 def service_handler(
     service: ServiceDescriptor, servicer: Any, *, max_bytes: int, gate: Gate | None = None
-) -> grpc.GenericRpcHandler:
+) -> grpc.GenericRpcHandler[Any, Any]:
     """Every method of `service`, served by the same-named method of `servicer`; unary calls count
     against `gate` (concurrent RPCs) when given."""
     handlers = {method.name: _method_handler(method, servicer, max_bytes, gate) for method in service.methods}

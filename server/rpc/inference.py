@@ -6,8 +6,8 @@ Errors leave through status.guarded, which handlers.py wraps around every method
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -95,7 +95,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _observed_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         start = time.perf_counter()
         code = "OK"
-        with self._tracing.rpc_span("ModelInfer", context.invocation_metadata()) as span:
+        # grpc.aio hands metadata as (key, value) pairs; its stubs say a Mapping.
+        metadata = cast("Sequence[tuple[str, Any]] | None", context.invocation_metadata())
+        with self._tracing.rpc_span("ModelInfer", metadata) as span:
             try:
                 return await self._core.infer(
                     request, lambda completed: self._tracing.record(span, request.model_name, completed)

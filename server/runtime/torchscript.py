@@ -133,7 +133,9 @@ def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
     if not path.is_file():
         raise ConfigError(f"{path}: model file not found (config field 'default_model_filename' names it)")
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+            str(path), map_location="cpu"
+        )
     except Exception as exc:
         raise ConfigError(f"{path}: not a loadable TorchScript file: {_first_line(exc)}") from exc
     module.eval()
