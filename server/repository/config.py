@@ -9,6 +9,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from torchwire.client import _codec
 from torchwire.client._proto import model_config_pb2 as mc
 
 from ..core.errors import ConfigError
@@ -18,8 +19,10 @@ DEFAULT_MODEL_FILE = "model.pt"
 PLATFORM = "pytorch_libtorch"
 BACKEND = "pytorch"
 
-# Datatypes a TorchScript model can take or return as tensors (STRING has no torch tensor).
-SUPPORTED = {"BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64"}
+# Datatypes a TorchScript model can take or return as tensors: the client's table (the one table of
+# v2 datatypes) without BYTES, which has no torch tensor, and the unsigned types wider than 8 bits,
+# which torch holds without most kernels.
+SUPPORTED = frozenset(_codec.DATATYPES) - {"BYTES", "UINT16", "UINT32", "UINT64"}
 
 
 @dataclass(frozen=True, slots=True)

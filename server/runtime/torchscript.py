@@ -15,24 +15,23 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from torchwire.client import _codec
+
 from ..core.errors import ConfigError, ModelExecutionError
 from ..repository import ModelSpec, TensorSpec
+from ..repository.config import SUPPORTED
 from .instances import Instances
 from .warmup import warmup_batches
 
 Array = npt.NDArray[Any]
 
+# Derived from the client's table: the torch dtype of each datatype a model may use is that of its
+# raw bytes, except BF16, whose raw form is its uint16 bit pattern.
 TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "UINT8": torch.uint8,
-    "INT8": torch.int8,
-    "INT16": torch.int16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "FP16": torch.float16,
-    "BF16": torch.bfloat16,
-    "FP32": torch.float32,
-    "FP64": torch.float64,
+    name: torch.bfloat16
+    if name == "BF16"
+    else torch.from_numpy(np.empty(0, _codec.DATATYPES[name].wire)).dtype
+    for name in sorted(SUPPORTED)
 }
 
 # Inputs are views of the request's immutable bytes; torch warns that they are read-only. Models
