@@ -58,13 +58,33 @@ def to_array(tensor: torch.Tensor, spec: TensorSpec) -> Array:
 class TorchScriptModel:
     """One loaded version of a model, with its instance threads."""
 
-    def __init__(self, module: torch.jit.ScriptModule, spec: ModelSpec, threads: int) -> None:
+    def __init__(
+        self,
+        module: torch.jit.ScriptModule,
+        spec: ModelSpec,
+        threads: int,
+        warmup: Sequence[Sequence[Array]] = (),
+    ) -> None:
+        """Starts the instance threads; each runs the `warmup` batches before it takes work."""
         self.spec = spec
         self._module = module
         self._batched = spec.max_batch_size > 0
+        self._warmup = warmup
         self._instances: Instances[Sequence[Array], list[Array]] = Instances(
-            self.forward, count=spec.instances, threads=threads, name=f"torchwire-{spec.name}"
+            self.forward,
+            count=spec.instances,
+            threads=threads,
+            name=f"torchwire-{spec.name}",
+            prepare=self._warm,
         )
+
+    def _warm(self) -> None:
+        for batch in self._warmup:
+            self.forward(batch)
+
+    def wait_warm(self) -> None:
+        """Blocking: until every instance thread has run the warmup (its first error raised)."""
+        self._instances.wait_prepared()
 
     def run(self, inputs: Sequence[Array]) -> Awaitable[list[Array]]:
         """The model's outputs (config order) for inputs in config order; runs in an instance thread."""
@@ -150,11 +170,16 @@ def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
 
 
 def load_model(path: Path, spec: ModelSpec, threads: int) -> TorchScriptModel:
-    """Blocking: load the module (load_module), start its instance threads, then warm it up."""
-    model = TorchScriptModel(load_module(path, spec), spec, threads)
+    """Blocking: load the module (load_module), then start its instance threads, each of which
+    runs the warmup batches on itself before serving; returns once all are warm."""
+    module = load_module(path, spec)
     try:
-        for batch in warmup_batches(spec):
-            model.forward(batch)
+        batches = warmup_batches(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: warmup failed: {exc}") from exc
+    model = TorchScriptModel(module, spec, threads, batches)
+    try:
+        model.wait_warm()
     except (ModelExecutionError, ConfigError) as exc:
         model.close()
         raise ConfigError(f"{path}: warmup failed: {exc}") from exc
