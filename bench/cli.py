@@ -16,7 +16,6 @@ import dataclasses
 import importlib.metadata
 import os
 import platform
-import shutil
 import signal
 import tempfile
 import time
@@ -33,6 +32,8 @@ from torchwire.client import Client, InferenceError
 from . import ceilings, perfanalyzer, processes, report, workload
 from .batchstats import Counts, StatisticsProbe, mean_batch_size
 from .loadgen import LoadError, WorkerPool
+from .options import BenchOptions as Options
+from .options import from_args
 from .output import stamped
 from .plot import write_png
 from .results import Level, Measured, Run, rounded_batch, summarize
@@ -51,81 +52,6 @@ EXIT_INTERRUPTED = 130
 
 class BenchError(RuntimeError):
     """A problem with the model or target the user can act on; printed without a traceback."""
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    model: str
-    target: str | None
-    concurrency: tuple[int, ...]
-    duration: float
-    warmup: float
-    batch: int
-    shapes: workload.Shapes
-    streaming: bool
-    out: Path
-    repository: Path | None
-    workers: int
-    torch_threads: int | None
-    start_timeout: float
-    perf_analyzer: str | None = None  # its binary: the load generator instead of ours
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Options:
-        try:
-            levels = tuple(int(part) for part in str(args.concurrency).split(",") if part.strip())
-        except ValueError as exc:
-            raise ValueError(f"--concurrency {args.concurrency!r}: expected numbers like 1,4,16,64") from exc
-        checks = [
-            (bool(levels) and min(levels) >= 1, "--concurrency levels must be >= 1"),
-            (args.duration > 0, "--duration must be > 0"),
-            (args.warmup >= 0, "--warmup must be >= 0"),
-            *shared_checks(args),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        return cls(
-            model=args.model,
-            target=args.target,
-            concurrency=levels,
-            duration=args.duration,
-            warmup=args.warmup,
-            batch=args.batch,
-            shapes=shapes_of(args),
-            streaming=args.streaming,
-            out=args.out,
-            repository=args.repository,
-            workers=args.workers,
-            torch_threads=args.torch_threads,
-            start_timeout=args.start_timeout,
-            perf_analyzer=_binary(args.perf_analyzer) if args.perf_analyzer else None,
-        )
-
-
-def _binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise ValueError(f"--perf-analyzer {name}: not an executable (README Performance: how to get one)")
-    return found
-
-
-def shapes_of(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
-    """The --shape options by input name (ValueError naming a malformed one)."""
-    return dict(workload.parse_shape(text) for text in args.shape)
-
-
-def shared_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:
-    """The option checks bench and soak share: (condition that must hold, message if it does not)."""
-    return [
-        (args.batch >= 1, "--batch must be >= 1"),
-        (args.workers >= 1, "--workers must be >= 1"),
-        (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
-        (
-            args.repository is None or args.repository.is_dir(),
-            f"--repository {args.repository} is not a folder",
-        ),
-    ]
 
 
 Opts = TypeVar("Opts")
@@ -166,7 +92,7 @@ def run_command(
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_command("bench", lambda: Options.from_args(args), execute, _explain)
+    return run_command("bench", lambda: from_args(Options, args), execute, _explain)
 
 
 def _explain(exc: Exception, options: Options) -> tuple[str, int]:

@@ -6,8 +6,29 @@ import csv
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(slots=True)
+class Recorded:
+    """What every results file starts with: which model, which server, when, with what, on what."""
+
+    model: str
+    target: str  # "spawned" when the run started the server itself
+    started: str  # ISO 8601, local time
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "target": self.target,
+            "started": self.started,
+            "settings": self.settings,
+            "machine": self.machine,
+        }
 
 
 def num(value: float | None, digits: int = 0) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 
 from .ceilings import InProcess
 from .loadgen import Sample
+from .output import Recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,22 +106,13 @@ class Level:
 
 
 @dataclass(slots=True)
-class Run:
-    model: str
-    target: str  # "spawned" when bench started the server itself
-    started: str  # ISO 8601, local time
-    settings: dict[str, Any]
-    machine: dict[str, Any]
+class Run(Recorded):
     levels: list[Level] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "target": self.target,
-            "started": self.started,
-            "settings": self.settings,
-            "machine": self.machine,
+            **self.header(),
             "levels": [level.to_dict() for level in self.levels],
             "notes": self.notes,
         }

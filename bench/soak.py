@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from . import cli as bench_cli
-from . import processes, soakreport, workload
-from .loadgen import LoadError, WorkerPool, split
+from . import processes, soakreport
+from .loadgen import LoadError, WorkerPool
+from .options import SoakOptions as Options
+from .options import from_args
 from .output import stamped
 from .soakresults import Interval, SoakRun
 
@@ -31,95 +31,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 START_MARGIN_S = 0.2  # from sending the soak to the workers to its first request
-MAX_DURATION_S = 24 * 3600.0  # bounded: a day at most
-MAX_CONCURRENCY = 1024
 UNARY = "soak-unary"  # the load generator's connections, one per kind of call
 STREAM = "soak-stream"
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    model: str
-    target: str | None
-    duration: float
-    warmup: float
-    interval: float
-    concurrency: int
-    stream_share: float
-    streams: int
-    batch: int
-    shapes: workload.Shapes
-    out: Path
-    repository: Path | None
-    workers: int
-    torch_threads: int | None
-    start_timeout: float
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Options:
-        checks = [
-            (0 < args.duration <= MAX_DURATION_S, f"--duration must be > 0 and <= {MAX_DURATION_S:.0f}"),
-            (0 <= args.warmup <= MAX_DURATION_S, f"--warmup must be >= 0 and <= {MAX_DURATION_S:.0f}"),
-            (args.interval > 0, "--interval must be > 0"),
-            (1 <= args.concurrency <= MAX_CONCURRENCY, f"--concurrency must be 1 to {MAX_CONCURRENCY}"),
-            (0.0 <= args.stream_share <= 1.0, "--stream-share must be between 0 and 1"),
-            (args.streams >= 1, "--streams must be >= 1"),
-            *bench_cli.shared_checks(args),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        if args.target is not None:
-            check_loopback(args.target)
-        return cls(
-            model=args.model,
-            target=args.target,
-            duration=args.duration,
-            warmup=args.warmup,
-            interval=args.interval,
-            concurrency=args.concurrency,
-            stream_share=args.stream_share,
-            streams=args.streams,
-            batch=args.batch,
-            shapes=bench_cli.shapes_of(args),
-            out=args.out,
-            repository=args.repository,
-            workers=args.workers,
-            torch_threads=args.torch_threads,
-            start_timeout=args.start_timeout,
-        )
-
-    @property
-    def stream_slots(self) -> list[int]:
-        """Requests in flight on each stream: the stream share of the concurrency, over --streams."""
-        total = round(self.concurrency * self.stream_share)
-        if self.stream_share > 0:
-            total = max(1, total)
-        if self.stream_share < 1:
-            total = min(total, self.concurrency - 1)  # a share below 1 leaves room for unary calls
-        return split(total, min(self.streams, total)) if total else []
-
-    @property
-    def unary_slots(self) -> int:
-        return self.concurrency - sum(self.stream_slots)
-
-
-def check_loopback(target: str) -> None:
-    """The soak loads loopback only: a HOST:PORT whose host is localhost or a loopback address."""
-    host, sep, port = target.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--target {target!r}: expected HOST:PORT")
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(
-            f"--target {target!r}: the soak runs against loopback only (127.0.0.1, [::1], localhost)"
-        )
 
 
 def boundaries(warmup: float, duration: float, interval: float) -> list[float]:
@@ -131,7 +44,7 @@ def boundaries(warmup: float, duration: float, interval: float) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    return bench_cli.run_command("soak", lambda: Options.from_args(args), execute)
+    return bench_cli.run_command("soak", lambda: from_args(Options, args), execute)
 
 
 def execute(options: Options, console: Console) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .loadgen import SoakSlice
+from .output import Recorded
 
 MIB = 1024 * 1024
 
@@ -91,12 +92,7 @@ class Summary:
 
 
 @dataclass(slots=True)
-class SoakRun:
-    model: str
-    target: str  # "spawned" when the soak started the server itself
-    started: str  # ISO 8601, local time
-    settings: dict[str, Any]
-    machine: dict[str, Any]
+class SoakRun(Recorded):
     rss_start_bytes: int | None = None
     intervals: list[Interval] = field(default_factory=list)
     problem: str | None = None  # the first invalid response or failed load loop, described
@@ -136,11 +132,7 @@ class SoakRun:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "target": self.target,
-            "started": self.started,
-            "settings": self.settings,
-            "machine": self.machine,
+            **self.header(),
             "summary": asdict(self.summary()),
             "intervals": [i.to_dict() for i in self.intervals],
             "problem": self.problem,

@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from support.serving import RunningServer, running_server, wait_until
-from torchwire.bench.soak import boundaries, check_loopback
+from torchwire.bench.options import check_loopback
+from torchwire.bench.soak import boundaries
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
