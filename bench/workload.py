@@ -17,6 +17,8 @@ from torchwire.client import _codec
 from torchwire.client._calls import ModelMetadata, TensorMetadata
 from torchwire.client._proto import grpc_service_pb2 as pb
 
+from .protocol import OutputSpec
+
 Array = npt.NDArray[Any]
 
 
@@ -28,18 +30,18 @@ class Workload:
     inputs: dict[str, Array]  # the same data as numpy (BF16 as its uint16 bit pattern)
     outputs: tuple[TensorMetadata, ...]  # what a response must carry; -1 accepts any size
 
-    def expected_outputs(self) -> list[dict[str, Any]]:
+    def expected_outputs(self) -> tuple[OutputSpec, ...]:
         """Each output's name, datatype and shape as responses must carry them (-1: any size)."""
-        return [
-            {
-                "name": t.name,
-                "datatype": t.datatype,
-                "shape": [
+        return tuple(
+            OutputSpec(
+                t.name,
+                t.datatype,
+                tuple(
                     self.batch if i == 0 and self.batch > 0 and d < 0 else d for i, d in enumerate(t.shape)
-                ],
-            }
+                ),
+            )
             for t in self.outputs
-        ]
+        )
 
     def output_specs(self) -> list[str]:
         """`NAME:DATATYPE:DIMS` for bare_server.py --outputs (batch dimension first, -1)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_load_generator_validates_and_counts(bare_target: str) -> None:
             assert sample.errors == {} and sample.problem is None
             assert sample.latencies_ns.size > 0 and sample.latencies_ns.min() > 0
         # Expecting a shape the server does not send: sampled responses are flagged, not counted.
-        wrong = [{**o, "shape": [2, 17]} for o in load.expected_outputs()]
+        wrong = [dataclasses.replace(o, shape=(2, 17)) for o in load.expected_outputs()]
         pool.connect("wrong", bare_target, load.request, wrong, False)
         pool.start("wrong", 1, time.monotonic() + 0.1, 0.0, 0.3)
         sample = pool.collect()
