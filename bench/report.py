@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .output import error_counts, num, write_csv, write_json
+from .output import error_counts, num, stamped, write_csv, write_json
+from .plot import write_png
 from .results import Level, Measured, Run
 
 
@@ -127,3 +128,12 @@ def write(run: Run, json_path: Path, csv_path: Path) -> None:
     """Everything as JSON; one CSV row a level."""
     write_json(run.to_dict(), json_path)
     write_csv((_row(run, level) for level in run.levels), CSV_COLUMNS, csv_path)
+
+
+def write_files(run: Run, out: Path) -> list[Path]:
+    """The run as JSON, CSV and a PNG plot beside each other in `out`; their paths."""
+    stem = stamped(out, run.model)
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".png")]
+    write(run, paths[0], paths[1])
+    write_png(run, paths[2])
+    return paths

@@ -19,17 +19,13 @@ from typing import Any
 
 from rich.console import Console
 
-from . import cli as bench_cli
-from . import processes, soakreport
+from . import processes, runner, soakreport
 from .loadgen import LoadError, WorkerPool
 from .options import SoakOptions as Options
 from .options import from_args
 from .output import stamped
 from .soakresults import Interval, SoakRun
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 START_MARGIN_S = 0.2  # from sending the soak to the workers to its first request
 UNARY = "soak-unary"  # the load generator's connections, one per kind of call
 STREAM = "soak-stream"
@@ -44,7 +40,7 @@ def boundaries(warmup: float, duration: float, interval: float) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    return bench_cli.run_command("soak", lambda: from_args(Options, args), execute)
+    return runner.run_command("soak", lambda: from_args(Options, args), execute)
 
 
 def execute(options: Options, console: Console) -> int:
@@ -53,14 +49,14 @@ def execute(options: Options, console: Console) -> int:
         target=options.target or "spawned",
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         settings=_settings(options),
-        machine=bench_cli.machine_info(),
+        machine=runner.machine_info(),
     )
     # Exit order: the workers first (they stop loading), then the server (SIGTERM, then kill).
     with contextlib.ExitStack() as servers, WorkerPool(options.workers) as pool:
         target, pid = servers.enter_context(processes.serving(options, console.print))
         if pid is None:
             soak.notes.append("server RSS n/a: --target is not a process this run started")
-        load = bench_cli.load_workload(target, options.model, options.batch, options.shapes)
+        load = runner.load_workload(target, options.model, options.batch, options.shapes)
         if options.unary_slots:
             pool.connect(UNARY, target, load.request, load.expected_outputs(), False)
         if options.stream_slots:
@@ -71,8 +67,8 @@ def execute(options: Options, console: Console) -> int:
     paths = _write(soak, options.out)
     console.print("wrote " + ", ".join(str(p) for p in paths))
     if soak.interrupted:
-        return EXIT_INTERRUPTED
-    return 0 if soak.summary().passed else EXIT_FAILED
+        return runner.EXIT_INTERRUPTED
+    return 0 if soak.summary().passed else runner.EXIT_FAILED
 
 
 def _drive(pool: WorkerPool, options: Options, pid: int | None, soak: SoakRun, console: Console) -> None:
