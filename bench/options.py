@@ -36,7 +36,8 @@ def option(
     name: str = "",
 ) -> Any:
     """One option: `read` turns the flag's value into the field's (raising ValueError naming it),
-    `rule` must then hold, else `problem` is the error; `name` is the flag when not the field's."""
+    `rule` must then hold, else `problem` is the error (`{}`: the value, `{flag}`: the flag); `name`
+    is the flag when not the field's."""
     metadata = {
         "help": help,
         "flag": flag or {},
@@ -46,6 +47,32 @@ def option(
         "name": name,
     }
     return field(default=default, metadata=metadata)
+
+
+def number(
+    default: float,
+    help: str,
+    *,
+    kind: type[int] | type[float] = float,
+    above: float | None = None,
+    least: float | None = None,
+    most: float | None = None,
+) -> Any:
+    """A numeric option whose rule is a range: `> above` or `>= least`, and `<= most`."""
+    bounds = [f"> {above:g}" if above is not None else f">= {least:g}"]
+    if most is not None:
+        bounds.append(f"<= {most:.0f}")
+
+    def rule(value: float) -> bool:
+        return (
+            (above is None or value > above)
+            and (least is None or value >= least)
+            and (most is None or value <= most)
+        )
+
+    return option(
+        default, help, flag={"type": kind}, rule=rule, problem="{flag} must be " + " and ".join(bounds)
+    )
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -100,9 +127,7 @@ class RunOptions:
     target: str | None = option(
         None, "HOST:PORT of a running server (default: start one on a free loopback port)"
     )
-    batch: int = option(
-        1, "rows per request [1]", flag={"type": int}, rule=lambda v: v >= 1, problem="--batch must be >= 1"
-    )
+    batch: int = number(1, "rows per request [1]", kind=int, least=1)
     shapes: workload.Shapes = option(
         (),
         "an input's dims without the batch dimension, as perf_analyzer's --shape; repeatable "
@@ -119,13 +144,7 @@ class RunOptions:
         rule=lambda v: v is None or v.is_dir(),
         problem="--repository {} is not a folder",
     )
-    workers: int = option(
-        1,
-        "load generator processes sharing the concurrency [1]",
-        flag={"type": int},
-        rule=lambda v: v >= 1,
-        problem="--workers must be >= 1",
-    )
+    workers: int = number(1, "load generator processes sharing the concurrency [1]", kind=int, least=1)
     torch_threads: int | None = option(
         None,
         "passed to `torchwire serve` (and used in-process by bench) [server default]",
@@ -148,20 +167,8 @@ class BenchOptions(RunOptions):
         rule=lambda v: bool(v) and min(v) >= 1,
         problem="--concurrency levels must be >= 1",
     )
-    duration: float = option(
-        5.0,
-        "measured seconds per level [default 5]",
-        flag={"type": float},
-        rule=lambda v: v > 0,
-        problem="--duration must be > 0",
-    )
-    warmup: float = option(
-        1.0,
-        "unmeasured seconds before each level [1]",
-        flag={"type": float},
-        rule=lambda v: v >= 0,
-        problem="--warmup must be >= 0",
-    )
+    duration: float = number(5.0, "measured seconds per level [default 5]", above=0)
+    warmup: float = number(1.0, "unmeasured seconds before each level [1]", least=0)
     streaming: bool = option(False, "ModelStreamInfer: one stream per worker", flag={"action": "store_true"})
     perf_analyzer: str | None = option(
         None,
@@ -177,27 +184,9 @@ class SoakOptions(RunOptions):
     target: str | None = option(
         None, "HOST:PORT of a running server on loopback (RSS is then n/a)", read=_loopback
     )
-    duration: float = option(
-        600.0,
-        "seconds after warmup [600]",
-        flag={"type": float},
-        rule=lambda v: 0 < v <= MAX_SOAK_S,
-        problem=f"--duration must be > 0 and <= {MAX_SOAK_S:.0f}",
-    )
-    warmup: float = option(
-        30.0,
-        "seconds before RSS growth counts [30]",
-        flag={"type": float},
-        rule=lambda v: 0 <= v <= MAX_SOAK_S,
-        problem=f"--warmup must be >= 0 and <= {MAX_SOAK_S:.0f}",
-    )
-    interval: float = option(
-        10.0,
-        "seconds per reported interval [10]",
-        flag={"type": float},
-        rule=lambda v: v > 0,
-        problem="--interval must be > 0",
-    )
+    duration: float = number(600.0, "seconds after warmup [600]", above=0, most=MAX_SOAK_S)
+    warmup: float = number(30.0, "seconds before RSS growth counts [30]", least=0, most=MAX_SOAK_S)
+    interval: float = number(10.0, "seconds per reported interval [10]", above=0)
     concurrency: int = option(
         32,
         "requests in flight in all [32]",
@@ -212,13 +201,7 @@ class SoakOptions(RunOptions):
         rule=lambda v: 0.0 <= v <= 1.0,
         problem="--stream-share must be between 0 and 1",
     )
-    streams: int = option(
-        2,
-        "ModelStreamInfer streams that share it [2]",
-        flag={"type": int},
-        rule=lambda v: v >= 1,
-        problem="--streams must be >= 1",
-    )
+    streams: int = number(2, "ModelStreamInfer streams that share it [2]", kind=int, least=1)
 
     @property
     def stream_slots(self) -> list[int]:
@@ -263,6 +246,6 @@ def from_args(options: type[Options], args: argparse.Namespace) -> Options:
             value = f.metadata["read"](value)
         rule = f.metadata["rule"]
         if rule is not None and not rule(value):
-            raise ValueError(f.metadata["problem"].format(value))
+            raise ValueError(f.metadata["problem"].format(value, flag=_flag(f)))
         values[f.name] = value
     return options(**values)
