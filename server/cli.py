@@ -84,8 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchwire: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from .app import StartupError
+
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings))
+        try:
+            runner.run(serve(settings))
+        except StartupError as exc:
+            print(f"torchwire: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
