@@ -8,6 +8,7 @@ import gc
 import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 from . import settings as settings_module
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchwire", description="Serve TorchScript models over gRPC (KServe v2)."
     )
+    parser.add_argument("--version", action="version", version=f"torchwire {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
@@ -34,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     settings_module.add_arguments(serve)
     bench_commands.register(commands)
     return parser
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("torchwire")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
 
 
 async def serve(settings: Settings) -> None:

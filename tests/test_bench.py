@@ -211,7 +211,7 @@ def test_bench_takes_shapes_for_variable_dims(tmp_path: Path) -> None:
     config = single_io_config("five", "FP32", [-1], 8, f"dynamic_batching {{ }}\n{warmup}")
     write_model(repo, "five", WidthFive(), config)
     command = [sys.executable, "-m", "torchwire.server", "bench", "--model", "five", "--shape", "INPUT__0:5"]
-    command += ["--concurrency", "2", "--duration", "0.5", "--warmup", "0.2", "--repository", str(repo)]
+    command += ["--concurrency", "2", "--duration", "0.5", "--warmup", "0.2", "--model-repository", str(repo)]
     done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     (json_path,) = tmp_path.glob("five-*.json")

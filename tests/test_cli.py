@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import signal
@@ -159,3 +160,22 @@ def test_an_empty_repository_says_it_has_no_models(tmp_path: Path) -> None:
             assert client.repository_index() == []
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+def test_version_and_the_options_bench_and_soak_share_with_serve() -> None:
+    def run(*args: str) -> str:
+        result = subprocess.run([str(TORCHWIRE), *args], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stdout.split())
+
+    assert run("--version") == f"torchwire {importlib.metadata.version('torchwire')}"
+    serve_help = run("serve", "--help")
+    assert "default ()" not in serve_help
+    assert "--load-model LOAD_MODEL model to load at start in explicit mode" in serve_help
+    assert "[env TORCHWIRE_LOAD_MODEL; default none]" in serve_help
+    for command in ("bench", "soak"):
+        assert (
+            "--model-repository REPOSITORY, --repository REPOSITORY model repository, as for "
+            "`torchwire serve`" in run(command, "--help")
+        )
+    assert "--duration DURATION seconds after warmup [60]" in run("soak", "--help")

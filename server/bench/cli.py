@@ -123,7 +123,7 @@ def shared_checks(args: argparse.Namespace) -> list[tuple[bool, str]]:
         (args.torch_threads is None or args.torch_threads >= 1, "--torch-threads must be >= 1"),
         (
             args.repository is None or args.repository.is_dir(),
-            f"--repository {args.repository} is not a folder",
+            f"--model-repository {args.repository} is not a folder",
         ),
     ]
 
@@ -449,7 +449,7 @@ def _inprocess(
 
         repository = bundled_repository()
     if repository is None:
-        notes.append("in-process ceiling skipped: pass --repository to locate the model file")
+        notes.append("in-process ceiling skipped: pass --model-repository to locate the model file")
         return None, None
     local = ceilings.find_model(repository, options.model)
     if local is None:

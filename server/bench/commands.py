@@ -57,9 +57,11 @@ def _bench(commands: Any) -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each level [1]")
     parser.add_argument("--streaming", action="store_true", help="ModelStreamInfer: one stream per worker")
     parser.add_argument(
+        "--model-repository",
         "--repository",
+        dest="repository",
         type=Path,
-        help="model repository (default: the bundled examples); also locates "
+        help="model repository, as for `torchwire serve` (default: the bundled examples); also locates "
         "the model file for the in-process ceiling when --target is given",
     )
     parser.add_argument(
@@ -90,7 +92,7 @@ def _soak(commands: Any) -> None:
     )
     parser.add_argument("--model", required=True, help="model to load (its metadata shapes the request)")
     parser.add_argument("--target", help="HOST:PORT of a running server on loopback (RSS is then n/a)")
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds after warmup [600]")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds after warmup [60]")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before RSS growth counts [30]")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds per reported interval [10]")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight in all [32]")
@@ -98,7 +100,13 @@ def _soak(commands: Any) -> None:
         "--stream-share", type=float, default=0.25, help="share of the concurrency on streams [0.25]"
     )
     parser.add_argument("--streams", type=int, default=2, help="ModelStreamInfer streams that share it [2]")
-    parser.add_argument("--repository", type=Path, help="model repository (default: the bundled examples)")
+    parser.add_argument(
+        "--model-repository",
+        "--repository",
+        dest="repository",
+        type=Path,
+        help="model repository, as for `torchwire serve` (default: the bundled examples)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="load generator processes [1]")
     parser.add_argument("--torch-threads", type=int, help="passed to `torchwire serve` [server default]")
     _both(parser)
