@@ -17,7 +17,7 @@ import pytest
 
 from modelgen import Scale, single_io_config, write_model
 from serving import TORCHWIRE, running_server, serve_process, wait_for_line
-from torchwire.client import Client
+from torchwire.client import Client, InferenceError
 from torchwire.server import settings as settings_module
 from torchwire.server.bench.commands import BENCH_EXTRA
 from torchwire.server.settings import Settings
@@ -179,3 +179,42 @@ def test_version_and_the_options_bench_and_soak_share_with_serve() -> None:
             "`torchwire serve`" in run(command, "--help")
         )
     assert "--duration DURATION seconds after warmup [60]" in run("soak", "--help")
+
+
+def test_json_access_logs_carry_each_value_as_a_field() -> None:
+    with serve_process(log_format="json", access_log_sample="1", metrics_port="0") as process:
+        port = int(wait_for_line(process, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        wait_for_line(process, "server ready")
+        with Client(f"127.0.0.1:{port}", timeout=30) as client:
+            client.predict("digits", {"INPUT__0": np.zeros((1, 64), np.float32)}, request_id="r-1")
+            with pytest.raises(InferenceError):
+                client.predict("digits", {"INPUT__0": np.zeros((1, 63), np.float32)}, version="1")
+        records = [
+            json.loads(wait_for_line(process, r'^\{.*"logger": "torchwire\.access".*\}$').group(0))
+            for _ in range(2)
+        ]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    for record in records:
+        assert record["duration_ms"] > 0 and record["peer"].startswith("ipv4:127.0.0.1:")
+        del record["time"], record["duration_ms"], record["peer"], record["message"]
+    assert records == [
+        {
+            "level": "INFO",
+            "logger": "torchwire.access",
+            "method": "ModelInfer",
+            "model": "digits",
+            "version": "1",
+            "status": "OK",
+            "request_id": "r-1",
+        },
+        {
+            "level": "INFO",
+            "logger": "torchwire.access",
+            "method": "ModelInfer",
+            "model": "digits",
+            "version": "1",
+            "status": "INVALID_ARGUMENT",
+            "request_id": "",
+        },
+    ]

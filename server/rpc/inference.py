@@ -104,11 +104,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _observed_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         start = time.perf_counter()
         code = "OK"
+        version = request.model_version  # "" (the highest) until the answer names the one that ran
         with self._tracing.rpc_span("ModelInfer", context.invocation_metadata()) as span:
             try:
-                return await self._core.infer(
+                response = await self._core.infer(
                     request, lambda completed: self._tracing.record(span, request.model_name, completed)
                 )
+                version = response.model_version
+                return response
             except Exception as exc:
                 code = status_of(exc)[0].name
                 if span is not None:
@@ -117,7 +120,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             finally:
                 if self._access.wanted():
                     elapsed = time.perf_counter() - start
-                    self._access.log("ModelInfer", request.model_name, code, elapsed, context.peer())
+                    self._access.log(
+                        "ModelInfer", request.model_name, version, code, elapsed, context.peer(), request.id
+                    )
 
     @mapped
     async def ModelStatistics(
