@@ -146,8 +146,8 @@ class Client:
         """Send every item of `inputs` on one ModelStreamInfer stream, up to `max_in_flight` at once.
 
         Yields a StreamResult per request: in input order when `ordered`, else as each completes.
-        A failed request raises its InferenceError (`errors="raise"`) or is yielded with `.error` set
-        (`errors="return"`); the stream goes on either way until the iterator is closed.
+        A failed request raises its InferenceError and ends the stream (`errors="raise"`), or is
+        yielded with `.error` set while the stream goes on (`errors="return"`).
         """
         slots = threading.Semaphore(max_in_flight)
         closed = threading.Event()
