@@ -35,7 +35,7 @@ from .batchstats import Counts, StatisticsProbe, mean_batch_size
 from .loadgen import LoadError, WorkerPool
 from .output import stamped
 from .plot import write_png
-from .results import Level, Measured, Run, rounded_batch, summarize
+from .results import Level, Measured, Run, flag_impossible, rounded_batch, summarize
 
 START_MARGIN_S = 0.1  # from sending a level's command to its workers to its first request
 INPROCESS_MAX_S = 2.0  # the model alone is steady: this long per batch size is plenty
@@ -227,6 +227,7 @@ def execute(options: Options, console: Console) -> int:
                 rows_per_request=rows,
             )
         )
+    run.levels = flag_impossible(run.levels, notes)
     report.show(run, console)
     paths = _write(run, options.out)
     console.print("wrote " + ", ".join(str(p) for p in paths))
