@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -35,6 +36,18 @@ SETTLE_MAX_S = 2.0
 
 class StartupError(Exception):
     """The server cannot start (a port it must listen on is taken); the message says what to change."""
+
+
+def _cannot_bind(host: str, port: int) -> str | None:
+    """Why a TCP listener cannot bind host:port now ("Address already in use"), or None if it can."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's listener does
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def bundled_repository() -> Path:
@@ -152,16 +165,21 @@ class App:
         A port that cannot be bound raises StartupError, with nothing left running."""
         server = self._build_server()
         credentials = self._credentials()
+        # Asked first, so that a taken port is one clear line: gRPC logs its own lines, then says
+        # only "Failed to bind".
+        why = _cannot_bind(self.settings.host, self.settings.port) if self.settings.port else None
         try:
-            if credentials is None:
+            if why is None and credentials is None:
                 self.port = server.add_insecure_port(self.settings.address)
-            else:
+            elif why is None:
                 self.port = server.add_secure_port(self.settings.address, credentials)
-        except RuntimeError as exc:  # grpc says only "Failed to bind"
+        except RuntimeError:
+            why = "gRPC could not bind it"
+        if why is not None:
             raise StartupError(
-                f"cannot listen on {self.settings.address} for gRPC: the port is in use (or not "
-                "allowed); choose another with --port or TORCHWIRE_PORT (0 picks a free one)"
-            ) from exc
+                f"cannot listen on {self.settings.address} for gRPC ({why}): choose another port with "
+                "--port or TORCHWIRE_PORT (0 picks a free one)"
+            )
         await server.start()
         self._server = server
         await self.health.start()
