@@ -166,8 +166,9 @@ class App:
         server = self._build_server()
         credentials = self._credentials()
         # Asked first, so that a taken port is one clear line: gRPC logs its own lines, then says
-        # only "Failed to bind".
-        why = _cannot_bind(self.settings.host, self.settings.port) if self.settings.port else None
+        # only "Failed to bind". (A shared port is meant to be taken already.)
+        asked = self.settings.port != 0 and not self.share_port
+        why = _cannot_bind(self.settings.host, self.settings.port) if asked else None
         try:
             if why is None and credentials is None:
                 self.port = server.add_insecure_port(self.settings.address)
