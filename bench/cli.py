@@ -25,7 +25,7 @@ from .inprocess import measure as measure_inprocess
 from .loadgen import LoadError, WorkerPool
 from .options import BenchOptions as Options
 from .options import from_args
-from .results import Level, Run
+from .results import Level, Run, flag_impossible
 from .runner import EXIT_FAILED, EXIT_UNIMPLEMENTED, load_workload, machine_info, progress_bar, run_command
 from .sweep import TORCHWIRE, sweep
 
@@ -88,6 +88,7 @@ def execute(options: Options, console: Console) -> int:
                 rows_per_request=rows,
             )
         )
+    run.levels = flag_impossible(run.levels, notes)
     report.show(run, console)
     paths = report.write_files(run, options.out)
     console.print("wrote " + ", ".join(str(p) for p in paths))

@@ -26,7 +26,7 @@ def measure(
 
         repository = bundled_repository()
     if repository is None:
-        notes.append("in-process ceiling skipped: pass --repository to locate the model file")
+        notes.append("in-process ceiling skipped: pass --model-repository to locate the model file")
         return None, None
     local = ceilings.find_model(repository, options.model)
     if local is None:

@@ -34,10 +34,11 @@ def option(
     rule: Callable[[Any], bool] | None = None,
     problem: str = "",
     name: str = "",
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """One option: `read` turns the flag's value into the field's (raising ValueError naming it),
     `rule` must then hold, else `problem` is the error (`{}`: the value, `{flag}`: the flag); `name`
-    is the flag when not the field's."""
+    is the flag when not the field's; `aliases` are older flags that still work."""
     metadata = {
         "help": help,
         "flag": flag or {},
@@ -45,6 +46,7 @@ def option(
         "rule": rule,
         "problem": problem,
         "name": name,
+        "aliases": aliases,
     }
     return field(default=default, metadata=metadata)
 
@@ -138,11 +140,13 @@ class RunOptions:
     )
     repository: Path | None = option(
         None,
-        "model repository (default: the bundled examples); for bench it also locates the model file "
-        "for the in-process ceiling when --target is given",
+        "model repository, as for `torchwire serve` (default: the bundled examples); for bench it also "
+        "locates the model file for the in-process ceiling when --target is given",
         flag={"type": Path},
         rule=lambda v: v is None or v.is_dir(),
-        problem="--repository {} is not a folder",
+        problem="{flag} {} is not a folder",
+        name="model_repository",
+        aliases=("--repository",),
     )
     workers: int = number(1, "load generator processes sharing the concurrency [1]", kind=int, least=1)
     torch_threads: int | None = option(
@@ -184,7 +188,7 @@ class SoakOptions(RunOptions):
     target: str | None = option(
         None, "HOST:PORT of a running server on loopback (RSS is then n/a)", read=_loopback
     )
-    duration: float = number(600.0, "seconds after warmup [600]", above=0, most=MAX_SOAK_S)
+    duration: float = number(60.0, "seconds after warmup [60]", above=0, most=MAX_SOAK_S)
     warmup: float = number(30.0, "seconds before RSS growth counts [30]", least=0, most=MAX_SOAK_S)
     interval: float = number(10.0, "seconds per reported interval [10]", above=0)
     concurrency: int = option(
@@ -233,7 +237,12 @@ def add_arguments(parser: argparse.ArgumentParser, options: type[RunOptions]) ->
         if appends:
             default = list(default)  # a fresh list for argparse to append to
         parser.add_argument(
-            _flag(f), dest=f.name, default=default, help=f.metadata["help"], **f.metadata["flag"]
+            _flag(f),
+            *f.metadata["aliases"],
+            dest=f.name,
+            default=default,
+            help=f.metadata["help"],
+            **f.metadata["flag"],
         )
 
 

@@ -65,7 +65,7 @@ def table(run: Run) -> Table:
             num(bare.p99_ms, 2) if bare else "n/a",
             _ratio(level.vs_bare),
             f"{num(inproc.rows_per_s)} @{inproc.batch}" if inproc else "n/a",
-            _ratio(level.vs_inprocess),
+            _ratio(level.vs_inprocess) if inproc is None or inproc.reliable else "unreliable",
         )
     return out
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -88,7 +88,7 @@ class Level:
     @property
     def vs_inprocess(self) -> float | None:
         """torchwire rows/s / the model's own rows/s at the batch size the server formed."""
-        if self.inprocess is None or self.inprocess.rows_per_s <= 0:
+        if self.inprocess is None or not self.inprocess.reliable or self.inprocess.rows_per_s <= 0:
             return None
         return self.torchwire.throughput * self.rows_per_request / self.inprocess.rows_per_s
 
@@ -116,3 +116,21 @@ class Run(Recorded):
             "levels": [level.to_dict() for level in self.levels],
             "notes": self.notes,
         }
+
+
+def flag_impossible(levels: list[Level], notes: list[str]) -> list[Level]:
+    """A server cannot beat its own model: a ceiling below what torchwire did was measured on a busy
+    machine. Such a level's ceiling is marked unreliable (no tw/model ratio), with a loud note."""
+    flagged = []
+    for level in levels:
+        ratio, ceiling = level.vs_inprocess, level.inprocess
+        if ratio is not None and ceiling is not None and ratio > 1:
+            notes.append(
+                f"UNRELIABLE in-process ceiling at concurrency {level.concurrency}: "
+                f"{ceiling.rows_per_s:,.0f} rows/s at batch {ceiling.batch}, below the "
+                f"{ratio * ceiling.rows_per_s:,.0f} rows/s torchwire itself did: the machine was busy "
+                "while it was measured; tw/model left out"
+            )
+            level = replace(level, inprocess=replace(ceiling, reliable=False))
+        flagged.append(level)
+    return flagged

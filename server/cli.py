@@ -8,6 +8,7 @@ import gc
 import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 from . import settings as settings_module
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchwire", description="Serve TorchScript models over gRPC (KServe v2)."
     )
+    parser.add_argument("--version", action="version", version=f"torchwire {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
@@ -35,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_commands.register(commands)
     return parser
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("torchwire")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
 
 
 async def serve(settings: Settings) -> None:
@@ -85,8 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchwire: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from .app import StartupError
+
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings))
+        try:
+            runner.run(serve(settings))
+        except StartupError as exc:
+            print(f"torchwire: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -70,6 +70,12 @@ class Unauthenticated(TorchwireError):
     pass
 
 
+class ShuttingDown(TorchwireError):
+    """A new call while the server stops: UNAVAILABLE, which clients and meshes retry elsewhere."""
+
+    reason = "unavailable"
+
+
 # Every label a failed request can carry: the errors' reasons, a cancelled call, anything else.
 FAILURE_REASONS = tuple(
     dict.fromkeys([*(error.reason for error in TorchwireError.__subclasses__()), "cancelled", "internal"])

@@ -185,9 +185,12 @@ class Registry:
                         f"{model_dir}: no version folder (expected {model_dir}/1/{spec.model_file})"
                     )
             except ConfigError as exc:
-                self._fail_model(entry, str(exc), versions_of(model_dir) if model_dir.is_dir() else ())
+                on_disk = versions_of(model_dir) if model_dir.is_dir() else ()
+                self._forget_removed(entry, set(on_disk))
+                self._fail_model(entry, str(exc), on_disk)
                 await self._changed()
                 raise
+            self._forget_removed(entry, set(found))
             chosen = spec.version_policy.select(found)
             for version in found:
                 if version not in chosen and version not in entry.served:
@@ -255,6 +258,13 @@ class Registry:
             "; optimized for inference" if spec.optimize else "",
         )
         return ServedVersion(entry.name, version, spec, model, scheduler, stats, fingerprint)
+
+    @staticmethod
+    def _forget_removed(entry: ModelEntry, on_disk: set[int]) -> None:
+        """A version gone from disk that does not serve (failed, unloaded) leaves the index at once;
+        a serving one leaves once it has drained (_retire)."""
+        for version in [v for v in entry.states if v not in on_disk and v not in entry.served]:
+            del entry.states[version]
 
     def _fail_model(self, entry: ModelEntry, reason: str, versions: tuple[int, ...]) -> None:
         log.error("model %s unavailable: %s", entry.name, reason)

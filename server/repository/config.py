@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,27 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
     try:
         return text_format.Parse(text, mc.ModelConfig())
     except text_format.ParseError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {exc}{_enum_hint(str(exc))}") from exc
+
+
+_UNKNOWN_ENUM_VALUE = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)')
+
+
+def _enum_hint(message: str) -> str:
+    """Triton's enum values carry a prefix (TYPE_FP32, KIND_CPU) that the v2 wire names (FP32) lack."""
+    found = _UNKNOWN_ENUM_VALUE.search(message)
+    if found is None:
+        return ""
+    try:
+        enum = mc.DESCRIPTOR.pool.FindEnumTypeByName(found.group(1))
+    except KeyError:
+        return ""
+    given = found.group(2).upper()
+    names = [value.name for value in enum.values]
+    matches = [name for name in names if name == given or name.endswith("_" + given)]
+    if matches:
+        return f" (did you mean {' or '.join(matches)}?)"
+    return f" (its values: {', '.join(names)})"
 
 
 def _tensor(

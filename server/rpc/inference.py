@@ -95,13 +95,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _observed_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         start = time.perf_counter()
         code = "OK"
+        version = request.model_version  # "" (the highest) until the answer names the one that ran
         # grpc.aio hands metadata as (key, value) pairs; its stubs say a Mapping.
         metadata = cast("Sequence[tuple[str, Any]] | None", context.invocation_metadata())
         with self._tracing.rpc_span("ModelInfer", metadata) as span:
             try:
-                return await self._core.infer(
+                response = await self._core.infer(
                     request, lambda completed: self._tracing.record(span, request.model_name, completed)
                 )
+                version = response.model_version
+                return response
             except Exception as exc:
                 code = status_of(exc)[0].name
                 if span is not None:
@@ -110,7 +113,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             finally:
                 if self._access.wanted():
                     elapsed = time.perf_counter() - start
-                    self._access.log("ModelInfer", request.model_name, code, elapsed, context.peer())
+                    self._access.log(
+                        "ModelInfer", request.model_name, version, code, elapsed, context.peer(), request.id
+                    )
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context

@@ -32,6 +32,7 @@ STATUS: Final[dict[type[errors.TorchwireError], grpc.StatusCode]] = {
     errors.NotAllowed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ConfigError: grpc.StatusCode.UNAVAILABLE,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
 }
 
 INTERNAL_MESSAGE: Final = "internal server error (logged on the server)"

@@ -7,6 +7,7 @@ loop never waits on torch.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,23 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+HOW_TO_SAVE = "save TorchScript with torch.jit.save(torch.jit.script(model), path) (or torch.jit.trace)"
+
+
+def _why_not_torchscript(path: Path) -> str | None:
+    """What the file is instead, when that explains the failure better than torch's own message
+    (which calls a file saved by torch.save "corrupted")."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "not TorchScript (TorchScript files are zip archives; this one is not)"
+    pickled = any(name.endswith("/data.pkl") for name in names)
+    if pickled and not any(name.endswith("/constants.pkl") for name in names):
+        return "not TorchScript: it was saved with torch.save (a pickled module or state_dict)"
+    return None
+
+
 def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
     """Blocking: the module at path on the CPU in eval mode, optimized if the config asks.
 
@@ -156,7 +174,8 @@ def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
             str(path), map_location="cpu"
         )
     except Exception as exc:
-        raise ConfigError(f"{path}: not a loadable TorchScript file: {_first_line(exc)}") from exc
+        why = _why_not_torchscript(path) or f"not a loadable TorchScript file: {_first_line(exc)}"
+        raise ConfigError(f"{path}: {why}; {HOW_TO_SAVE}") from exc
     module.eval()
     if spec.optimize:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -13,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from support.modelgen import Spinner, spinner_config, write_model
 from support.serving import RunningServer, running_server, wait_until
+from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -330,3 +332,36 @@ def test_queue_policy_timeouts_follow_triton(
     else:
         assert doubled(waiting.result()) == [6.0]
     assert doubled(busy.result()) == [2.0]
+
+
+def test_our_client_sets_priority_and_queue_timeout(
+    spinners: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """Client.predict(priority=, queue_timeout=) are Triton's per-request parameters: behind a slow
+    request, a later priority-1 call computes before an earlier default one, and a call whose queue
+    timeout passes while it waits is refused without being computed."""
+    with Client(spinners.target, timeout=120) as client, concurrent.futures.ThreadPoolExecutor(3) as pool:
+
+        def predict(model: str, value: float, rows: int = 1, **scheduling: float) -> Any:
+            inputs = {"INPUT__0": np.array([[0.0, value]] * rows, np.float32)}
+            return pool.submit(client.predict, model, inputs, **scheduling)
+
+        busy = stub.ModelInfer.future(request("ranked", SLOW_ROUNDS, 1.0), timeout=120)
+        wait_until(lambda: spinners.queue_state("ranked")[1] == 1, "the slow request runs")
+        low = predict("ranked", 2.0, rows=8)
+        wait_until(lambda: spinners.queue_state("ranked")[0] == 1, "the low request waits")
+        high = predict("ranked", 3.0, priority=1)
+        wait_until(lambda: spinners.queue_state("ranked")[0] == 2, "the high request waits")
+        assert doubled(busy.result()) == [2.0]
+        low_out, high_out = low.result()["OUTPUT__0"], high.result()["OUTPUT__0"]
+        assert low_out[:, -1].tolist() == [4.0] * 8 and high_out[:, -1].tolist() == [6.0]
+        calls = {name: int(out.result()["OUTPUT__1"].max()) for name, out in (("low", low), ("high", high))}
+        assert calls["high"] + 8 == calls["low"], calls
+
+        busy = stub.ModelInfer.future(request("long_override", SLOW_ROUNDS, 1.0, priority=1), timeout=120)
+        wait_until(lambda: spinners.queue_state("long_override")[1] == 1, "the slow request runs")
+        with pytest.raises(InferenceError) as caught:
+            predict("long_override", 3.0, queue_timeout=0.001).result()
+        assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "timed out after 1000 µs in the queue" in caught.value.message
+        assert doubled(busy.result()) == [2.0]

@@ -22,7 +22,9 @@ from support.modelgen import WidthFive, single_io_config, write_model
 from support.serving import running_server
 from torchwire.bench import perfanalyzer, processes, workload
 from torchwire.bench.batchstats import Counts, mean_batch_size
+from torchwire.bench.ceilings import InProcess
 from torchwire.bench.loadgen import LoadError, WorkerPool, split
+from torchwire.bench.results import Level, Measured, flag_impossible
 from torchwire.client import Client
 from torchwire.client._calls import ModelMetadata, TensorMetadata
 from torchwire.client._proto import grpc_service_pb2 as pb
@@ -77,7 +79,17 @@ def test_short_run_writes_sane_results(tmp_path: Path) -> None:
         assert batch is not None and batch >= 1
         assert level["torchwire"]["server_cpu_us"] > 0  # read from /proc for the spawned server
         assert level["inprocess"]["rows_per_s"] > 0 and level["inprocess"]["batch"] >= 1
-        assert level["ratios"]["vs_bare"] > 0 and level["ratios"]["vs_inprocess"] > 0
+        assert level["ratios"]["vs_bare"] > 0
+        # A server cannot beat its own model: a ratio above 1 is left out and said loudly instead.
+        ratio = level["ratios"]["vs_inprocess"]
+        if ratio is None:
+            assert level["inprocess"]["reliable"] is False
+            assert any(
+                f"UNRELIABLE in-process ceiling at concurrency {level['concurrency']}:" in n
+                for n in run["notes"]
+            )
+        else:
+            assert 0 < ratio <= 1 and level["inprocess"]["reliable"] is True
         # Both bare flavors ran; the ceiling is the faster of the two at each level.
         flavors = level["bare_flavors"]
         assert sorted(flavors) == ["aio", "sync"]
@@ -210,7 +222,7 @@ def test_bench_takes_shapes_for_variable_dims(tmp_path: Path) -> None:
     config = single_io_config("five", "FP32", [-1], 8, f"dynamic_batching {{ }}\n{warmup}")
     write_model(repo, "five", WidthFive(), config)
     command = [sys.executable, "-m", "torchwire.server", "bench", "--model", "five", "--shape", "INPUT__0:5"]
-    command += ["--concurrency", "2", "--duration", "0.5", "--warmup", "0.2", "--repository", str(repo)]
+    command += ["--concurrency", "2", "--duration", "0.5", "--warmup", "0.2", "--model-repository", str(repo)]
     done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     (json_path,) = tmp_path.glob("five-*.json")
@@ -285,3 +297,19 @@ def test_perf_analyzer_output_is_read_per_request() -> None:
     assert given == ["INPUT0:16", "INPUT1:2,8"]
     with pytest.raises(perfanalyzer.PerfAnalyzerError, match="no measurement"):
         perfanalyzer.parse(csv_text.splitlines()[0], stdout, load)
+
+
+def test_a_ceiling_below_the_server_is_flagged_not_reported() -> None:
+    def level(concurrency: int, throughput: float) -> Level:
+        measured = Measured(concurrency, throughput, 100, 1.0, 1.0, 1.0, 1.0, {}, 4.0)
+        return Level(concurrency, measured, {}, InProcess(4, 2_000.0, 1), "server", rows_per_request=1)
+
+    notes: list[str] = []
+    fine, impossible = flag_impossible([level(1, 500.0), level(16, 3_000.0)], notes)
+    assert fine.vs_inprocess == 0.25 and fine.inprocess is not None and fine.inprocess.reliable
+    assert impossible.vs_inprocess is None and impossible.inprocess is not None
+    assert not impossible.inprocess.reliable
+    assert notes == [
+        "UNRELIABLE in-process ceiling at concurrency 16: 2,000 rows/s at batch 4, below the 3,000 rows/s "
+        "torchwire itself did: the machine was busy while it was measured; tw/model left out"
+    ]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import torchwire.client
-from support.modelgen import DATATYPES, identity_repository
+from support.modelgen import DATATYPES, Expand, identity_repository, tensor_config, write_model
 from support.serving import RunningServer, running_server
 from torchwire.client import AsyncClient, Client, InferenceError
 from torchwire.models import REPOSITORY
@@ -106,6 +106,52 @@ def test_errors_are_typed_with_code_and_message(bundled: RunningServer) -> None:
         with pytest.raises(InferenceError) as caught:
             client.metadata("digits", version="9")
         assert caught.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_the_clients_own_message_limit_names_its_setting(tmp_path: Path) -> None:
+    hint = "; the client's limit: raise it with Client(..., max_message_bytes=N)"
+    config = (
+        'name: "expand"\nmax_batch_size: 8\n'
+        f"input [ {tensor_config('INPUT__0', 'FP32', [-1])} ]\n"
+        f"output [ {tensor_config('OUTPUT__0', 'FP32', [-1])} ]\n"
+    )
+    write_model(tmp_path, "expand", Expand(), config)
+    with (
+        running_server(tmp_path) as server,
+        Client(server.target, timeout=30, max_message_bytes=4096) as client,
+    ):
+        with pytest.raises(InferenceError) as caught:
+            client.predict("expand", {"INPUT__0": np.zeros((2, 1024), np.float32)})  # 8 KiB out
+        assert caught.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.message.startswith("CLIENT: Sent message larger than max (")
+        assert caught.value.message.endswith(hint)
+        with pytest.raises(InferenceError) as caught:
+            client.predict("expand", {"INPUT__0": np.zeros((1, 64), np.float32)})  # 16 KiB back
+        assert caught.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "CLIENT: Received message larger than max (16423 vs. 4096)" in caught.value.message
+        assert caught.value.message.endswith(hint)
+
+
+def test_a_closed_client_raises_inference_error(bundled: RunningServer) -> None:
+    expected = "the client is closed: make calls inside its `with` block, or create a new client"
+    with Client(bundled.target, timeout=30) as client:
+        assert client.live() is True
+    for call in (client.live, lambda: client.predict("digits", {"INPUT__0": np.zeros((1, 64), np.float32)})):
+        with pytest.raises(InferenceError) as caught:
+            call()
+        assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert caught.value.message == expected
+    with pytest.raises(InferenceError, match="the client is closed"):
+        next(client.stream("digits", [{"INPUT__0": np.zeros((1, 64), np.float32)}]))
+
+
+async def test_a_closed_async_client_raises_inference_error(bundled: RunningServer) -> None:
+    async with AsyncClient(bundled.target, timeout=30) as client:
+        assert await client.live() is True
+    with pytest.raises(InferenceError) as caught:
+        await client.ready("digits")
+    assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.message.startswith("the client is closed")
 
 
 def test_unreachable_server_is_unavailable() -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import re
+import shutil
 import signal
-import subprocess
-import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -15,9 +14,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from support.modelgen import Scale, Spinner, add_version, single_io_config, spinner_config, write_model
-from support.serving import running_server, wait_until
+from support.serving import RunningServer, running_server, serve_process, wait_for_line, wait_until
 from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -240,52 +240,108 @@ def test_warmup_runs_before_the_first_request(tmp_path: Path) -> None:
             assert calls == warmup_rows + 1, model
 
 
-def health_of(target: str) -> int:
+def health_of(target: str, service: str = "readiness") -> int:
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        status: int = stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=10).status
+        status: int = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
         return status
 
 
 def test_sigterm_under_load_drains_and_exits_zero(scaled_repo: Path) -> None:
-    env = {
-        **os.environ,
-        "TORCHWIRE_HOST": "127.0.0.1",
-        "TORCHWIRE_PORT": "0",
-        "TORCHWIRE_TORCH_THREADS": "1",
-        "TORCHWIRE_DRAIN_DELAY_S": "1.5",
-        "TORCHWIRE_SHUTDOWN_GRACE": "20",
-        "TORCHWIRE_MODEL_REPOSITORY": str(scaled_repo),
-    }
-    torchwire = Path(sys.executable).parent / "torchwire"
-    process = subprocess.Popen([str(torchwire), "serve"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        assert process.stderr is not None
-        port = 0
-        for line in process.stderr:
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            port = int(found.group(1)) if found else port
-            if "server ready" in line:
-                break
+    variables = {"drain_delay_s": "1.5", "shutdown_grace": "20", "model_repository": str(scaled_repo)}
+    with serve_process(**variables) as process:
+        port = int(wait_for_line(process, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        wait_for_line(process, "server ready")
         target = f"127.0.0.1:{port}"
         with Load(target, "scaled", concurrency=8) as load:
             wait_until(lambda: len(load.answers) > 200, "the load is going")
             process.send_signal(signal.SIGTERM)
-            # Health flips while the listener still answers (the drain delay)...
+            # Readiness flips while the listener still answers (the drain delay)...
             wait_until(
                 lambda: health_of(target) == health_pb2.HealthCheckResponse.NOT_SERVING,
                 "health says NOT_SERVING while the listener still answers",
             )
+            # ...while liveness stays SERVING: a failing liveness probe would get the pod killed.
+            assert health_of(target, "liveness") == health_pb2.HealthCheckResponse.SERVING
             during_drain = len(load.answers)
             wait_until(lambda: len(load.answers) > during_drain + 20, "requests still served while draining")
         # ...and the load balancer stand-in (this Load) stops sending once it sees that: every
         # request sent before, including those accepted during the drain, completed successfully.
+        assert health_of(target, "liveness") == health_pb2.HealthCheckResponse.SERVING
         assert load.failures == []
         assert process.wait(timeout=60) == 0
+        assert process.stderr is not None
         log = process.stderr.read()
         assert "drained" in log
-        assert ", 0 failed" in log
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
+        assert ", 0 failed, 0 refused while stopping" in log
+
+
+def test_sigterm_with_default_flags_never_cancels_a_tritonclient_call(scaled_repo: Path) -> None:
+    """tritonclient does not retry: each call sent before the stop is answered, or refused with
+    UNAVAILABLE ("try elsewhere"); grpc's own stop would cancel those it had not handed over yet."""
+    statuses: list[list[tuple[float, str]]] = [[] for _ in range(16)]
+    begun = threading.Event()
+
+    def caller(target: str, mine: list[tuple[float, str]]) -> None:
+        # Like a caller that gives up at its first error: it sends nothing more after that.
+        client = triton.InferenceServerClient(target)
+        request = triton.InferInput("INPUT__0", [1, 4], "FP32")
+        request.set_data_from_numpy(ONES)
+        while True:
+            sent = time.monotonic()
+            try:
+                client.infer("scaled", [request], client_timeout=60)
+            except InferenceServerException as exc:
+                mine.append((sent, str(exc.status())))
+                return
+            mine.append((sent, "OK"))
+            if len(mine) == 50:
+                begun.set()
+
+    with serve_process(model_repository=str(scaled_repo)) as process:
+        port = int(wait_for_line(process, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        wait_for_line(process, "server ready")
+        callers = [threading.Thread(target=caller, args=(f"127.0.0.1:{port}", s)) for s in statuses]
+        for thread in callers:
+            thread.start()
+        assert begun.wait(timeout=120), "the load is going"
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        for thread in callers:
+            thread.join(timeout=120)
+    ends = [mine[-1][1] for mine in statuses]
+    assert set(ends) <= {"StatusCode.UNAVAILABLE"}, ends  # every caller ended on UNAVAILABLE
+    sent_before = [status for mine in statuses for sent, status in mine if sent < stopped_at]
+    assert set(sent_before) <= {"OK", "StatusCode.UNAVAILABLE"}
+    assert sent_before.count("OK") > 16 * 10
+
+
+def test_poll_mode_forgets_a_removed_version_that_had_failed(scaled_repo: Path) -> None:
+    with running_server(
+        scaled_repo, model_control_mode="poll", repository_poll_secs=0.2, metrics_port=-1
+    ) as server:
+        add_version(scaled_repo, "scaled", 2, None, b"not a TorchScript archive")
+        wait_until(
+            lambda: ("scaled", "2") in index(server.target) and index(server.target)[("scaled", "2")].reason,
+            "the broken version 2 is reported",
+        )
+        assert 'version="2"' in scrape_metrics(server)
+        shutil.rmtree(scaled_repo / "scaled" / "2")
+        wait_until(
+            lambda: ("scaled", "2") not in index(server.target), "the removed version 2 leaves the index"
+        )
+        assert [key for key in index(server.target)] == [("scaled", "1")]
+        states = [
+            line for line in scrape_metrics(server).splitlines() if line.startswith("torchwire_model_state{")
+        ]
+        assert states and all('version="1"' in line for line in states), states
+        with Client(server.target, timeout=30) as client:
+            assert client.predict("scaled", {"INPUT__0": ONES})["OUTPUT__0"][0, 0] == 1.0
+
+
+def scrape_metrics(server: RunningServer) -> str:
+    assert server.app.metrics is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=30) as reply:
+        text: str = reply.read().decode()
+        return text

@@ -159,7 +159,7 @@ def test_access_log_names_model_status_and_peer(
         with pytest.raises(InferenceError):
             client.predict("spin", {"INPUT__0": np.zeros((1, 3), np.float32)})
     lines = [r.getMessage() for r in caplog.records if r.name == "torchwire.access"]
-    assert any("model=spin status=OK" in line and "peer=ipv4:127.0.0.1:" in line for line in lines)
+    assert any("model=spin version=1 status=OK" in line and "peer=ipv4:127.0.0.1:" in line for line in lines)
     assert any("status=INVALID_ARGUMENT" in line for line in lines)
 
 

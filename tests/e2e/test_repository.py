@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from support.modelgen import Identity, single_io_config, write_model
@@ -25,6 +26,12 @@ def broken_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (corrupt / "1" / "model.pt").write_bytes(b"this is not a zip archive")
     write_model(repo, "stringy", None, single_io_config("stringy", "STRING", [1], 4))
     (repo / "noconfig" / "1").mkdir(parents=True)
+    write_model(
+        repo, "wirenames", Identity(), single_io_config("wirenames", "FP32", [3], 4).replace("TYPE_", "")
+    )
+    for name, saved in (("pickled", Identity()), ("weights", torch.nn.Linear(3, 3).state_dict())):
+        folder = write_model(repo, name, None, single_io_config(name, "FP32", [3], 4))
+        torch.save(saved, folder / "1" / "model.pt")
     return repo
 
 
@@ -34,7 +41,7 @@ def broken(broken_repo: Path) -> Iterator[RunningServer]:
         yield server
 
 
-def test_broken_models_are_reported_with_reasons(broken: RunningServer) -> None:
+def test_broken_models_are_reported_with_reasons(broken: RunningServer, broken_repo: Path) -> None:
     with Client(broken.target, timeout=30) as client:
         index = {m.name: m for m in client.repository_index()}
         assert index["good"].state == "READY"
@@ -45,6 +52,17 @@ def test_broken_models_are_reported_with_reasons(broken: RunningServer) -> None:
             "stringy": ["data_type", "TYPE_STRING"],
             "noconfig": ["config.pbtxt", "not found"],
         }
+        for name in ("pickled", "weights"):
+            assert index[name].reason == (
+                f"{broken_repo / name / '1' / 'model.pt'}: not TorchScript: it was saved with torch.save (a "
+                "pickled module or state_dict); save TorchScript with "
+                "torch.jit.save(torch.jit.script(model), path) (or torch.jit.trace)"
+            )
+        assert index["wirenames"].reason == (
+            f'{broken_repo / "wirenames" / "config.pbtxt"}: 4:39 : \'input [ {{ name: "INPUT__0" data_type: '
+            'FP32 dims: [3] } ]\': Enum type "inference.DataType" has no value named FP32. (did you mean '
+            "TYPE_FP32?)"
+        )
         for name, words in expectations.items():
             assert index[name].state == "UNAVAILABLE", name
             for word in words:

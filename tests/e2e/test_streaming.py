@@ -95,9 +95,13 @@ def test_bad_request_mid_stream_gets_its_error_and_the_stream_goes_on(bundled: R
         error = results[2].error
         assert error is not None and error.code is grpc.StatusCode.INVALID_ARGUMENT
         assert error.request_id == "2" and "INPUT__0" in error.message
+        # With errors="raise" (the default) the first failed request ends the iteration, and the stream.
+        stream = client.stream("digits", [good, bad, good])
+        assert next(stream).index == 0
         with pytest.raises(InferenceError) as caught:
-            list(client.stream("digits", [good, bad, good]))
+            next(stream)
         assert caught.value.request_id == "1" and caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert next(stream, None) is None
 
 
 async def test_async_stream_over_async_generator_half_closes_and_gets_everything(

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,3 +84,58 @@ def running_server(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
         loop.close()
+
+
+TORCHWIRE = Path(sys.executable).parent / "torchwire"
+
+
+def serve_env(**variables: str) -> dict[str, str]:
+    """The environment of a `torchwire serve` process in a test: 127.0.0.1, a free gRPC port, metrics
+    on (as by default) on a free port, one torch thread; then `variables` as TORCHWIRE_* variables."""
+    env = {
+        **os.environ,
+        "TORCHWIRE_HOST": "127.0.0.1",
+        "TORCHWIRE_PORT": "0",
+        "TORCHWIRE_METRICS_PORT": "-1",
+        "TORCHWIRE_TORCH_THREADS": "1",
+    }
+    return env | {f"TORCHWIRE_{name.upper()}": value for name, value in variables.items()}
+
+
+@contextmanager
+def serve_process(
+    command: Sequence[str] = (str(TORCHWIRE),), *args: str, **variables: str
+) -> Iterator[subprocess.Popen[str]]:
+    """`torchwire serve` as a process (see serve_env), its log on stderr; killed if the test leaves
+    it running, even when it fails."""
+    process = subprocess.Popen(
+        [*command, "serve", *args],
+        env=serve_env(**variables),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def wait_for_line(
+    process: subprocess.Popen[str], pattern: str, timeout: float = START_TIMEOUT_S
+) -> re.Match[str]:
+    """Read the server's log until a line matches; fail with what it said if it never does."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
