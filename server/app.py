@@ -145,7 +145,12 @@ class App:
         if self.settings.trace:
             configure_exporter(self.settings.trace_exporter)
         if self.settings.metrics_port:
-            self.metrics = MetricsServer(self.core, self.settings.host, max(self.settings.metrics_port, 0))
+            self.metrics = MetricsServer(
+                self.core,
+                self.settings.host,
+                max(self.settings.metrics_port, 0),
+                self.settings.metrics_names,
+            )
             metrics_port = self.metrics.start(asyncio.get_running_loop())
             log.info("metrics on http://%s:%d/metrics", self.settings.host, metrics_port)
         log.info(

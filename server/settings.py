@@ -21,6 +21,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 ControlMode = Literal["none", "poll", "explicit"]
 Readiness = Literal["all", "any"]
 EventLoop = Literal["uvloop", "asyncio"]
+MetricsNames = Literal["torchwire", "triton", "both"]
 
 
 def default_threads() -> int:
@@ -81,6 +82,11 @@ class Settings:
         0, "rows (batch dimension) one request may carry, beside max_batch_size (0: off)"
     )
     metrics_port: int = _opt(8002, "HTTP port of Prometheus /metrics (0: off; -1: any free port)")
+    metrics_names: MetricsNames = _opt(
+        "both",
+        "metric names on /metrics: torchwire (torchwire_*), triton (Triton's nv_inference_*, for its "
+        "dashboards) or both",
+    )
     trace: bool = _opt(False, "OpenTelemetry spans per RPC, with queue and compute children")
     trace_exporter: Literal["none", "console", "otlp"] = _opt(
         "none",
@@ -121,6 +127,7 @@ class Settings:
             ("model_control_mode", ControlMode),
             ("readiness", Readiness),
             ("event_loop", EventLoop),
+            ("metrics_names", MetricsNames),
             ("log_level", LogLevel),
             ("trace_exporter", Literal["none", "console", "otlp"]),
             ("log_format", Literal["text", "json"]),
