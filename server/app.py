@@ -50,7 +50,10 @@ class App:
             self.registry,
             explicit=settings.model_control_mode == "explicit",
             limits=Limits(
-                settings.max_message_bytes, settings.max_tensor_elements, settings.max_request_rows
+                settings.max_message_bytes,
+                settings.max_tensor_elements,
+                settings.max_request_rows,
+                settings.max_string_bytes,
             ),
         )
         self.health = Health()

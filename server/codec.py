@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from torchwire.client import _codec
@@ -22,6 +23,7 @@ from .repository import ModelSpec, TensorSpec
 
 Array = npt.NDArray[Any]
 DEFAULT_LIMITS = Limits()
+_NO_STRINGS: dict[int, bytes] = {}
 _SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
@@ -144,11 +146,12 @@ def decode_request(
                         f"input '{t.name}': has typed contents while the request uses raw_input_contents; "
                         f"use one or the other for all inputs"
                     )
-                arrays[index] = _codec.from_raw(t.datatype, shape, raw[position], t.name)
+                array = _codec.from_raw(t.datatype, shape, raw[position], t.name)
             else:
-                arrays[index] = _codec.from_contents(t.datatype, shape, tensor.contents, t.name)
+                array = _codec.from_contents(t.datatype, shape, tensor.contents, t.name)
         except _codec.CodecError as exc:
             raise InvalidRequest("input " + str(exc).removeprefix("tensor ")) from exc
+        arrays[index] = _texts(array, t.name, limits) if t.datatype == "BYTES" else array
     if len(request.inputs) != len(spec.inputs):  # no duplicates or strangers got here: some are missing
         missing = [t for t, a in zip(spec.inputs, arrays, strict=True) if a is None]
         raise InvalidRequest(f"missing input(s) {_names(missing)} for model '{spec.name}'")
@@ -162,6 +165,23 @@ def decode_request(
     )
 
 
+def _texts(items: Array, tensor: str, limits: Limits) -> Array:
+    """BYTES elements as the str a TorchScript List[str] holds (TorchScript has no bytes type), each
+    within --max-string-bytes: checked here, per request, so a bad one never reaches a batch."""
+    flat = items.reshape(-1)
+    texts = np.empty(flat.shape, dtype=np.object_)
+    for index, item in enumerate(flat):
+        limits.check_string(tensor, index, len(item))
+        try:
+            texts[index] = item.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(
+                f"input '{tensor}' element {index} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                f"a TorchScript model takes BYTES as List[str]"
+            ) from exc
+    return texts.reshape(items.shape)
+
+
 def encode_response(
     request: pb.ModelInferRequest,
     spec: ModelSpec,
@@ -170,12 +190,18 @@ def encode_response(
     selected: tuple[int, ...],
     limits: Limits = DEFAULT_LIMITS,
 ) -> pb.ModelInferResponse:
-    size = sum(outputs[index].nbytes for index in selected)
+    # BYTES outputs are length-prefixed: their size is known only once serialized.
+    strings = (
+        {i: _codec.serialize_bytes(outputs[i]) for i in selected if i in spec.bytes_outputs}
+        if spec.bytes_outputs
+        else _NO_STRINGS
+    )
+    size = sum(len(strings[i]) if i in strings else outputs[i].nbytes for i in selected)
     limits.check_response(size)
     response = pb.ModelInferResponse(model_name=spec.name, model_version=str(version), id=request.id)
     for index in selected:
         t = spec.outputs[index]
         array = outputs[index]
         response.outputs.add(name=t.name, datatype=t.datatype, shape=array.shape)
-        response.raw_output_contents.append(array.tobytes())
+        response.raw_output_contents.append(strings[index] if index in strings else array.tobytes())
     return response

@@ -81,6 +81,7 @@ class Settings:
     max_request_rows: int = _opt(
         0, "rows (batch dimension) one request may carry, beside max_batch_size (0: off)"
     )
+    max_string_bytes: int = _opt(1024 * 1024, "bytes one element of a BYTES (string) input may have")
     metrics_port: int = _opt(8002, "HTTP port of Prometheus /metrics (0: off; -1: any free port)")
     metrics_names: MetricsNames = _opt(
         "both",
@@ -147,6 +148,8 @@ class Settings:
         for name in ("max_concurrent_rpcs", "max_streams", "max_request_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.max_string_bytes < 0:
+            raise ValueError(f"max_string_bytes must be >= 0, got {self.max_string_bytes}")
         if self.max_tensor_elements < 1:
             raise ValueError(f"max_tensor_elements must be >= 1, got {self.max_tensor_elements}")
         if not -1 <= self.metrics_port <= 65535:

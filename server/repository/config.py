@@ -18,8 +18,8 @@ DEFAULT_MODEL_FILE = "model.pt"
 PLATFORM = "pytorch_libtorch"
 BACKEND = "pytorch"
 
-# Datatypes a TorchScript model can take or return as tensors (STRING has no torch tensor).
-SUPPORTED = {"BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64"}
+# Datatypes a TorchScript model can take or return: tensors, and BYTES (TYPE_STRING) as List[str].
+SUPPORTED = {"BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64", "BYTES"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +126,12 @@ class ModelSpec:
     input_index: dict[str, int] = field(init=False)
     output_index: dict[str, int] = field(init=False)
     all_outputs: tuple[int, ...] = field(init=False)
+    bytes_outputs: frozenset[int] = field(init=False)  # BYTES outputs take their own encoding branch
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "bytes_outputs", frozenset(i for i, t in enumerate(self.outputs) if t.datatype == "BYTES")
+        )
         object.__setattr__(self, "all_outputs", tuple(range(len(self.outputs))))
         object.__setattr__(self, "input_index", {t.name: i for i, t in enumerate(self.inputs)})
         object.__setattr__(self, "output_index", {t.name: i for i, t in enumerate(self.outputs)})
@@ -161,8 +165,21 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+def _one_list(dims: list[int], batched: bool) -> bool:
+    """Whether a BYTES tensor is one flat list: one string per row in a batched model, else 1-D
+    (Triton's PyTorch backend has the same rule)."""
+    return all(d == 1 for d in dims) or (not batched and len(dims) == 1)
+
+
 def _tensor(
-    kind: str, index: int, name: str, data_type: int, dims: list[int], reshape: list[int] | None, where: Path
+    kind: str,
+    index: int,
+    name: str,
+    data_type: int,
+    dims: list[int],
+    reshape: list[int] | None,
+    where: Path,
+    batched: bool,
 ) -> TensorSpec:
     label = f"{where}: {kind}[{index}]"
     if not name:
@@ -175,6 +192,11 @@ def _tensor(
         )
     if any(d < -1 or d == 0 for d in dims):
         raise ConfigError(f"{label} '{name}': field 'dims' {dims} must be positive or -1")
+    if datatype == "BYTES" and not _one_list(dims, batched):
+        raise ConfigError(
+            f"{label} '{name}': a BYTES tensor reaches forward() as one List[str], so field 'dims' {dims} "
+            + ("must be [1] (one string per row of the batch)" if batched else "must have one dimension")
+        )
     return TensorSpec(name, datatype, tuple(dims), tuple(reshape) if reshape is not None else None)
 
 
@@ -203,11 +225,12 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
             list(t.dims),
             list(t.reshape.shape) if t.HasField("reshape") else None,
             where,
+            config.max_batch_size > 0,
         )
         for i, t in enumerate(config.input)
     )
     outputs = tuple(
-        _tensor("output", i, t.name, t.data_type, list(t.dims), None, where)
+        _tensor("output", i, t.name, t.data_type, list(t.dims), None, where, config.max_batch_size > 0)
         for i, t in enumerate(config.output)
     )
     for kind, tensors in (("input", inputs), ("output", outputs)):
