@@ -23,7 +23,6 @@ from .repository import ModelSpec, TensorSpec
 
 Array = npt.NDArray[Any]
 DEFAULT_LIMITS = Limits()
-_NO_STRINGS: dict[int, bytes] = {}
 _SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
@@ -146,15 +145,16 @@ def decode_request(
                         f"input '{t.name}': has typed contents while the request uses raw_input_contents; "
                         f"use one or the other for all inputs"
                     )
-                array = _codec.from_raw(t.datatype, shape, raw[position], t.name)
+                arrays[index] = _codec.from_raw(t.datatype, shape, raw[position], t.name)
             else:
-                array = _codec.from_contents(t.datatype, shape, tensor.contents, t.name)
+                arrays[index] = _codec.from_contents(t.datatype, shape, tensor.contents, t.name)
         except _codec.CodecError as exc:
             raise InvalidRequest("input " + str(exc).removeprefix("tensor ")) from exc
-        arrays[index] = _texts(array, t.name, limits) if t.datatype == "BYTES" else array
     if len(request.inputs) != len(spec.inputs):  # no duplicates or strangers got here: some are missing
         missing = [t for t, a in zip(spec.inputs, arrays, strict=True) if a is None]
         raise InvalidRequest(f"missing input(s) {_names(missing)} for model '{spec.name}'")
+    if spec.bytes_inputs:
+        _decode_texts(arrays, spec, limits)
     priority, timeout_s = _scheduling(request) if request.parameters else (0, None)
     return Decoded(
         arrays,  # type: ignore[arg-type]  # every slot is filled: checked just above
@@ -163,6 +163,13 @@ def decode_request(
         priority,
         timeout_s,
     )
+
+
+def _decode_texts(arrays: list[Array | None], spec: ModelSpec, limits: Limits) -> None:
+    for index in spec.bytes_inputs:
+        items = arrays[index]
+        assert items is not None  # every input is present: decode_request checked
+        arrays[index] = _texts(items, spec.inputs[index].name, limits)
 
 
 def _texts(items: Array, tensor: str, limits: Limits) -> Array:
@@ -190,18 +197,37 @@ def encode_response(
     selected: tuple[int, ...],
     limits: Limits = DEFAULT_LIMITS,
 ) -> pb.ModelInferResponse:
-    # BYTES outputs are length-prefixed: their size is known only once serialized.
-    strings = (
-        {i: _codec.serialize_bytes(outputs[i]) for i in selected if i in spec.bytes_outputs}
-        if spec.bytes_outputs
-        else _NO_STRINGS
-    )
-    size = sum(len(strings[i]) if i in strings else outputs[i].nbytes for i in selected)
+    if spec.bytes_outputs:
+        return _encode_with_strings(request, spec, version, outputs, selected, limits)
+    size = sum(outputs[index].nbytes for index in selected)
     limits.check_response(size)
     response = pb.ModelInferResponse(model_name=spec.name, model_version=str(version), id=request.id)
     for index in selected:
         t = spec.outputs[index]
         array = outputs[index]
         response.outputs.add(name=t.name, datatype=t.datatype, shape=array.shape)
-        response.raw_output_contents.append(strings[index] if index in strings else array.tobytes())
+        response.raw_output_contents.append(array.tobytes())
+    return response
+
+
+def _encode_with_strings(
+    request: pb.ModelInferRequest,
+    spec: ModelSpec,
+    version: int,
+    outputs: list[Array],
+    selected: tuple[int, ...],
+    limits: Limits,
+) -> pb.ModelInferResponse:
+    """encode_response's branch for BYTES outputs: length-prefixed, their size is known only once
+    they are serialized (numeric outputs check their size before any copy, as above)."""
+    raw = [
+        _codec.serialize_bytes(outputs[i]) if i in spec.bytes_outputs else outputs[i].tobytes()
+        for i in selected
+    ]
+    limits.check_response(sum(map(len, raw)))
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=str(version), id=request.id)
+    for index in selected:
+        t = spec.outputs[index]
+        response.outputs.add(name=t.name, datatype=t.datatype, shape=outputs[index].shape)
+    response.raw_output_contents.extend(raw)
     return response

@@ -126,9 +126,14 @@ class ModelSpec:
     input_index: dict[str, int] = field(init=False)
     output_index: dict[str, int] = field(init=False)
     all_outputs: tuple[int, ...] = field(init=False)
-    bytes_outputs: frozenset[int] = field(init=False)  # BYTES outputs take their own encoding branch
+    # BYTES tensors take their own codec branch, so numeric ones pay nothing for them.
+    bytes_inputs: tuple[int, ...] = field(init=False)
+    bytes_outputs: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "bytes_inputs", tuple(i for i, t in enumerate(self.inputs) if t.datatype == "BYTES")
+        )
         object.__setattr__(
             self, "bytes_outputs", frozenset(i for i, t in enumerate(self.outputs) if t.datatype == "BYTES")
         )
