@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as triton
+from google.protobuf import text_format
 
 from modelgen import write_model
 from serving import RunningServer, running_server, wait_until
-from torchwire.client import Client, InferenceError
+from torchwire.client import Client, InferenceError, _codec
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
+from torchwire.client._proto import model_config_pb2 as mc
+from torchwire.server.errors import ConfigError
+from torchwire.server.repository import build_spec
 
 TEXTS = ["héllo wörld", "a b  c", "", "x" * 300, "tab\tand\nnewline"]
 
@@ -62,11 +66,28 @@ output [ { name: "REVERSED" data_type: TYPE_STRING dims: [ -1 ] } ]
 """
 
 
+class DropsOnCue(torch.nn.Module):
+    """Returns one string too few when a text says "drop": an output that does not fit its config."""
+
+    def forward(self, TEXT: list[str]) -> list[str]:
+        if "drop" in TEXT:
+            return TEXT[1:]
+        return TEXT
+
+
+DROPS_CONFIG = """name: "drops"
+max_batch_size: 4
+input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "SAME" data_type: TYPE_STRING dims: [ 1 ] } ]
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo: Path = tmp_path_factory.mktemp("strings")
     write_model(repo, "tagger", Tagger(), TAGGER_CONFIG)
     write_model(repo, "lines", Lines(), LINES_CONFIG)
+    write_model(repo, "drops", DropsOnCue(), DROPS_CONFIG)
     text = Path(__file__).resolve().parents[1] / "models" / "text"
     (repo / "text" / "1").mkdir(parents=True)
     (repo / "text" / "config.pbtxt").write_bytes((text / "config.pbtxt").read_bytes())
@@ -86,6 +107,41 @@ def expected_text(texts: list[str]) -> dict[str, list[list[object]]]:
 
 def serialized(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def test_the_codec_round_trips_bytes_and_refuses_other_elements() -> None:
+    array = np.array([["é", b"\x00\xff"], ["", "x" * 70_000]], dtype=np.object_)
+    raw = _codec.to_raw(array, "BYTES")
+    back = _codec.from_raw("BYTES", [2, 2], raw, "T")
+    assert back.tolist() == [["é".encode(), b"\x00\xff"], [b"", b"x" * 70_000]]
+    with pytest.raises(_codec.CodecError, match="must be bytes or str, got int"):
+        _codec.to_raw(np.array([b"a", 5], dtype=np.object_), "BYTES")
+
+
+@pytest.mark.parametrize(
+    ("dims", "batch", "accepted"),
+    [
+        ([1], 8, True),
+        ([1, 1], 8, True),
+        ([2], 8, False),
+        ([-1], 8, False),
+        ([-1], 0, True),
+        ([3, 2], 0, False),
+    ],
+)
+def test_string_tensors_are_one_flat_list(
+    tmp_path: Path, dims: list[int], batch: int, accepted: bool
+) -> None:
+    config = text_format.Parse(
+        f'max_batch_size: {batch} input [ {{ name: "T" data_type: TYPE_STRING dims: {dims} }} ] '
+        f'output [ {{ name: "O" data_type: TYPE_STRING dims: {dims} }} ]',
+        mc.ModelConfig(),
+    )
+    if accepted:
+        assert build_spec(tmp_path / "m", config).inputs[0].datatype == "BYTES"
+    else:
+        with pytest.raises(ConfigError, match=r"reaches forward\(\) as one List\[str\]"):
+            build_spec(tmp_path / "m", config)
 
 
 def test_tritonclient_sends_raw_bytes_and_reads_string_outputs(server: RunningServer) -> None:
@@ -222,3 +278,16 @@ def test_a_shape_claiming_more_elements_than_the_data_holds_fails_before_allocat
         with pytest.raises(InferenceError) as refused:
             client.predict("text", {"TEXT": np.array([[b"\xff"]], np.object_)})
         assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_string_output_of_the_wrong_length_is_a_model_error(server: RunningServer) -> None:
+    with Client(server.target, timeout=60) as client:
+        with pytest.raises(InferenceError) as caught:
+            client.predict("drops", {"TEXT": np.array([["keep"], ["drop"]], np.object_)})
+        assert caught.value.code is grpc.StatusCode.INTERNAL
+        assert caught.value.message == (
+            "model 'drops' output 'SAME' is a list of 1 strings, expected 2 (shape [2, 1])"
+        )
+        assert client.predict("drops", {"TEXT": np.array([["keep"]], np.object_)})["SAME"].tolist() == [
+            [b"keep"]
+        ]

@@ -29,6 +29,32 @@ TRITON_REASONS: dict[str, str] = {
 }
 REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
+# Triton's durations: (name, help, the ModelStatistics duration it sums, in whole microseconds).
+DURATIONS = (
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds", "success"),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds", "queue"),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        "compute_input",
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds",
+        "compute_infer",
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative compute output duration in microseconds",
+        "compute_output",
+    ),
+)
+
+
+def _microseconds(duration: str) -> Callable[[ModelStatistics], int]:
+    return lambda s: int(getattr(s, duration).ns) // 1000
+
+
 # (name, help, value read from a version's statistics): Triton's per-model counters.
 COUNTERS: tuple[tuple[str, str, Callable[[ModelStatistics], int]], ...] = (
     (
@@ -46,31 +72,7 @@ COUNTERS: tuple[tuple[str, str, Callable[[ModelStatistics], int]], ...] = (
         "Number of model executions performed (batches)",
         lambda s: s.execution_count,
     ),
-    (
-        "nv_inference_request_duration_us",
-        "Cumulative inference request duration in microseconds (successful requests)",
-        lambda s: s.success.ns // 1000,
-    ),
-    (
-        "nv_inference_queue_duration_us",
-        "Cumulative inference queuing duration in microseconds",
-        lambda s: s.queue.ns // 1000,
-    ),
-    (
-        "nv_inference_compute_input_duration_us",
-        "Cumulative compute input duration in microseconds",
-        lambda s: s.compute_input.ns // 1000,
-    ),
-    (
-        "nv_inference_compute_infer_duration_us",
-        "Cumulative compute inference duration in microseconds",
-        lambda s: s.compute_infer.ns // 1000,
-    ),
-    (
-        "nv_inference_compute_output_duration_us",
-        "Cumulative inference compute output duration in microseconds",
-        lambda s: s.compute_output.ns // 1000,
-    ),
+    *((name, doc, _microseconds(duration)) for name, doc, duration in DURATIONS),
 )
 
 
