@@ -3,6 +3,7 @@ and stream), batching of string requests, and clean errors for bad lengths and l
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import struct
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from google.protobuf import text_format
 
 from modelgen import write_model
 from serving import RunningServer, running_server, wait_until
-from torchwire.client import Client, InferenceError, _codec
+from torchwire.client import AsyncClient, Client, InferenceError, _codec
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 from torchwire.client._proto import model_config_pb2 as mc
@@ -186,6 +187,15 @@ def test_our_client_takes_str_bytes_and_numpy_string_arrays(server: RunningServe
         reversed_lines = client.predict("lines", {"LINES": np.array(["a", "bb", "ccc"], dtype=np.object_)})
         assert reversed_lines["REVERSED"].tolist() == [b"ccc", b"bb", b"a"]
         assert reversed_lines["REVERSED"].shape == (3,)
+
+
+def test_the_async_client_takes_and_returns_strings(server: RunningServer) -> None:
+    async def call() -> dict[str, list[list[object]]]:
+        async with AsyncClient(server.target, timeout=60) as client:
+            out = await client.predict("text", {"TEXT": np.array([[t] for t in TEXTS], dtype=np.object_)})
+            return {name: out[name].tolist() for name in out}
+
+    assert asyncio.run(call()) == expected_text(TEXTS)
 
 
 def test_our_client_streams_string_requests(server: RunningServer) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import copy
 import gzip
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -193,7 +194,10 @@ class MetricsServer:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> int:
         self._loop = loop
-        self._server = ThreadingHTTPServer((self._host, self._port), _handler(self.render))
+        # The address family of --host (IPv6 too, as the gRPC listener takes it).
+        family = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("MetricsHTTPServer", (ThreadingHTTPServer,), {"address_family": family})
+        self._server = server_class((self._host, self._port), _handler(self.render))
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="torchwire-metrics", daemon=True).start()
         self.port = int(self._server.server_port)
