@@ -256,6 +256,7 @@ def test_sigterm_under_load_drains_and_exits_zero(scaled_repo: Path) -> None:
         "TORCHWIRE_DRAIN_DELAY_S": "1.5",
         "TORCHWIRE_SHUTDOWN_GRACE": "20",
         "TORCHWIRE_MODEL_REPOSITORY": str(scaled_repo),
+        "TORCHWIRE_METRICS_PORT": "-1",  # any free port: the default 8002 may be taken on a shared machine
     }
     torchwire = Path(sys.executable).parent / "torchwire"
     process = subprocess.Popen([str(torchwire), "serve"], env=env, stderr=subprocess.PIPE, text=True)
