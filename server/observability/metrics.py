@@ -13,25 +13,21 @@ which prometheus_client would otherwise offer, a counter must end in `_total`, a
 from __future__ import annotations
 
 import asyncio
-import copy
 import gzip
 import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ..core import FAILURE_LABELS, InferenceCore
-from ..registry import State
 from ..settings import MetricsNames
+from .snapshot import Snapshot
 from .statistics import Histogram, ModelStatistics
 from .triton_metrics import render_triton
 
-FAILURE_REASONS = FAILURE_LABELS
 log = logging.getLogger("torchwire.metrics")
 SNAPSHOT_TIMEOUT_S = 10.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -58,46 +54,6 @@ HISTOGRAMS: tuple[tuple[str, str, Callable[[ModelStatistics], Histogram]], ...] 
 )
 
 
-@dataclass(frozen=True, slots=True)
-class VersionSnapshot:
-    model: str
-    version: str
-    stats: ModelStatistics
-    queued: int
-    in_flight: int
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    versions: list[VersionSnapshot]
-    states: list[tuple[str, str, str]]  # model, version, state
-    load_failures: dict[str, int]
-    unknown_model_requests: int
-
-
-def take_snapshot(core: InferenceCore) -> Snapshot:
-    """Runs on the event loop: copies what a scrape needs."""
-    versions: list[VersionSnapshot] = []
-    states: list[tuple[str, str, str]] = []
-    failures: dict[str, int] = {}
-    for entry in core.registry.entries():
-        failures[entry.name] = entry.load_failures
-        for version, (state, _) in sorted(entry.states.items()):
-            states.append((entry.name, str(version), state.value))
-        for version, served in sorted(entry.served.items()):
-            scheduler = served.scheduler
-            versions.append(
-                VersionSnapshot(
-                    entry.name,
-                    str(version),
-                    copy.deepcopy(served.stats),
-                    scheduler.queued,
-                    scheduler.in_flight,
-                )
-            )
-    return Snapshot(versions, states, failures, core.unknown_model_requests)
-
-
 def _histogram(name: str, doc: str, labels: list[str], rows: Iterable[tuple[list[str], Histogram]]) -> Metric:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for values, histogram in rows:
@@ -121,16 +77,16 @@ class TorchwireFamilies:
         labels = ["model", "version"]
         rows = [([v.model, v.version], v) for v in snapshot.versions]
 
-        for name, doc, count in COUNTERS:
+        for name, doc, read in COUNTERS:
             family = CounterMetricFamily(name, doc, labels=labels)
             for key, v in rows:
-                family.add_metric(key, count(v.stats))
+                family.add_metric(key, read(v.stats))
             yield family
         failure = CounterMetricFamily(
             "torchwire_request_failure", "Requests that failed, by reason.", labels=[*labels, "reason"]
         )
         for key, v in rows:
-            for reason in FAILURE_REASONS:
+            for reason in snapshot.failure_reasons:
                 failure.add_metric([*key, reason], v.stats.failures.get(reason, 0))
         yield failure
         for name, doc, histogram in HISTOGRAMS:
@@ -146,8 +102,8 @@ class TorchwireFamilies:
             "torchwire_model_state", "1 for each model version's current state.", labels=[*labels, "state"]
         )
         for model, version, current in snapshot.states:
-            for each in State:
-                state.add_metric([model, version, each.value], 1.0 if each.value == current else 0.0)
+            for name in snapshot.state_names:
+                state.add_metric([model, version, name], 1.0 if name == current else 0.0)
         yield state
         loads = CounterMetricFamily("torchwire_model_load_failures", "Failed model loads.", labels=["model"])
         for model, failed in sorted(snapshot.load_failures.items()):
@@ -163,8 +119,11 @@ class TorchwireFamilies:
 class MetricsServer:
     """/metrics over HTTP on its own port, with process CPU and memory beside the model metrics."""
 
-    def __init__(self, core: InferenceCore, host: str, port: int, names: MetricsNames = "both") -> None:
-        self._core = core
+    def __init__(
+        self, snapshot: Callable[[], Snapshot], host: str, port: int, names: MetricsNames = "both"
+    ) -> None:
+        """`snapshot` copies what a scrape needs; it is called on the event loop given to start()."""
+        self._take = snapshot
         self._host = host
         self._port = port
         self.names = names
@@ -176,7 +135,7 @@ class MetricsServer:
 
     def _snapshot(self) -> Snapshot:
         async def snap() -> Snapshot:
-            return take_snapshot(self._core)
+            return self._take()
 
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(snap(), self._loop).result(SNAPSHOT_TIMEOUT_S)

@@ -10,23 +10,11 @@ as Triton counts them; each is the matching ModelStatistics duration divided by 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
+from .snapshot import Snapshot, VersionSnapshot
 from .statistics import ModelStatistics
 
-if TYPE_CHECKING:
-    from .metrics import Snapshot, VersionSnapshot
-
-# torchwire's failure reasons -> Triton's `reason` label (REJECTED is Triton's scheduler timeout).
-TRITON_REASONS: dict[str, str] = {
-    "invalid_input": "OTHER",
-    "rejected": "OTHER",
-    "timeout": "REJECTED",
-    "cancelled": "CANCELED",
-    "model_error": "BACKEND",
-    "unavailable": "OTHER",
-    "internal": "OTHER",
-}
+# Triton's `reason` labels; the snapshot names the one each torchwire failure reason counts under.
 REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 # Triton's durations: (name, help, the ModelStatistics duration it sums, in whole microseconds).
@@ -92,10 +80,10 @@ def _labels(v: VersionSnapshot) -> dict[str, str]:
     return {"model": v.model, "version": v.version}
 
 
-def failures_by_reason(stats: ModelStatistics) -> dict[str, int]:
+def failures_by_reason(stats: ModelStatistics, triton_reasons: dict[str, str]) -> dict[str, int]:
     counts = dict.fromkeys(REASONS, 0)
     for reason, count in stats.failures.items():
-        counts[TRITON_REASONS.get(reason, "OTHER")] += count
+        counts[triton_reasons.get(reason, "OTHER")] += count
     return counts
 
 
@@ -112,7 +100,7 @@ def render_triton(snapshot: Snapshot) -> str:
         (
             ({**_labels(v), "reason": reason}, count)
             for v in versions
-            for reason, count in failures_by_reason(v.stats).items()
+            for reason, count in failures_by_reason(v.stats, snapshot.failure_reasons).items()
         ),
     )
     for name, doc, read in COUNTERS[1:]:
