@@ -165,28 +165,47 @@ def bf16_to_float32(bits: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
 
 
 def serialize_bytes(array: npt.NDArray[Any]) -> bytes:
-    """BYTES layout: each element as a 4-byte little-endian length followed by its bytes."""
+    """BYTES layout: each element as a 4-byte little-endian length followed by its bytes (str as UTF-8)."""
     parts: list[bytes] = []
     for item in array.reshape(-1):
-        data = item.encode() if isinstance(item, str) else bytes(item)
+        if isinstance(item, str):
+            data = item.encode()
+        elif isinstance(item, bytes | bytearray | memoryview):
+            data = bytes(item)
+        else:  # bytes(5) would be five zero bytes, not an error
+            raise CodecError(f"BYTES elements must be bytes or str, got {type(item).__name__}")
         parts.append(struct.pack("<I", len(data)))
         parts.append(data)
     return b"".join(parts)
 
 
 def deserialize_bytes(raw: bytes, count: int, tensor: str) -> npt.NDArray[np.object_]:
+    """`count` BYTES elements from their wire layout, each checked against the bytes that remain."""
+    if len(raw) < 4 * count:  # checked before allocating: a shape may claim far more than was sent
+        raise CodecError(
+            f"tensor '{tensor}': {len(raw)} bytes of BYTES data cannot hold {count} elements "
+            f"(each needs at least its 4-byte length)"
+        )
     items = np.empty(count, dtype=np.object_)
     offset = 0
     view = memoryview(raw)
     for index in range(count):
         if offset + 4 > len(raw):
-            raise CodecError(f"tensor '{tensor}': BYTES data ends inside element {index} of {count}")
+            raise CodecError(
+                f"tensor '{tensor}': BYTES data ends inside the 4-byte length of element {index} of {count}"
+            )
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise CodecError(f"tensor '{tensor}': BYTES element {index} runs past the end of the data")
+            raise CodecError(
+                f"tensor '{tensor}': BYTES element {index} has length {length}, past the end of the "
+                f"data ({len(raw) - offset} bytes left)"
+            )
         items[index] = bytes(view[offset : offset + length])
         offset += length
     if offset != len(raw):
-        raise CodecError(f"tensor '{tensor}': {len(raw) - offset} bytes left after {count} BYTES elements")
+        raise CodecError(
+            f"tensor '{tensor}': {len(raw) - offset} bytes left after {count} BYTES elements "
+            f"(more elements than the shape holds?)"
+        )
     return items

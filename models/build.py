@@ -8,6 +8,8 @@ script lives in (or ``--out DIR``):
 - ``simple``: Triton's classic INT32 add/sub example (two inputs, two outputs).
 - ``mlp``: seeded random 64 -> 256 -> 256 -> 10 MLP for benchmarks.
 - ``cnn``: seeded random small CNN over 3x64x64 images for benchmarks.
+- ``text``: string (BYTES) tensors: per text its length in UTF-8 bytes, its space-separated word
+  count, and the text with ASCII letters upper-cased (TorchScript takes and returns List[str]).
 
 Nothing is downloaded: the digits data ships inside scikit-learn.
 
@@ -83,6 +85,28 @@ class Simple(nn.Module):
     # argument name (Triton's libtorch backend does) agree with positional binding.
     def forward(self, INPUT0: Tensor, INPUT1: Tensor) -> tuple[Tensor, Tensor]:
         return INPUT0 + INPUT1, INPUT0 - INPUT1
+
+
+class TextStats(nn.Module):
+    """TEXT (one string per row) -> LENGTH (UTF-8 bytes), WORDS (space-separated), UPPER (ASCII
+    letters upper-cased). TorchScript strings are UTF-8 bytes: `len` counts bytes, `upper` ASCII."""
+
+    def forward(self, TEXT: list[str]) -> tuple[Tensor, Tensor, list[str]]:
+        lengths: list[int] = []
+        words: list[int] = []
+        for text in TEXT:
+            lengths.append(len(text))
+            count = 0
+            for word in text.split(" "):
+                if word != "":
+                    count += 1
+            words.append(count)
+        shape = [len(TEXT), 1]
+        return (
+            torch.tensor(lengths, dtype=torch.int64).reshape(shape),
+            torch.tensor(words, dtype=torch.int64).reshape(shape),
+            [text.upper() for text in TEXT],
+        )
 
 
 class BenchMLP(nn.Module):
@@ -250,6 +274,21 @@ def build_simple() -> tuple[torch.jit.ScriptModule, ModelSpec]:
     return _freeze(Simple()), spec
 
 
+def build_text() -> tuple[torch.jit.ScriptModule, ModelSpec]:
+    spec = ModelSpec(
+        name="text",
+        max_batch_size=BENCH_MAX_BATCH,
+        inputs=(TensorSpec("TEXT", "TYPE_STRING", (1,)),),
+        outputs=(
+            TensorSpec("LENGTH", "TYPE_INT64", (1,)),
+            TensorSpec("WORDS", "TYPE_INT64", (1,)),
+            TensorSpec("UPPER", "TYPE_STRING", (1,)),
+        ),
+        dynamic_batching=True,
+    )
+    return _freeze(TextStats()), spec
+
+
 def build_mlp() -> tuple[torch.jit.ScriptModule, ModelSpec]:
     torch.manual_seed(SEED_MLP)
     return _freeze(BenchMLP()), _single_io_spec("mlp", (64,), (10,))
@@ -264,7 +303,8 @@ def build_cnn() -> tuple[torch.jit.ScriptModule, ModelSpec]:
 # Writing and checking.
 # --------------------------------------------------------------------------------------------
 
-_DTYPES = {"TYPE_FP32": torch.float32, "TYPE_INT32": torch.int32}
+_DTYPES = {"TYPE_FP32": torch.float32, "TYPE_INT32": torch.int32, "TYPE_INT64": torch.int64}
+_STRING = "TYPE_STRING"  # a List[str], one string per row
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -310,12 +350,14 @@ def write_model(out: Path, scripted: torch.jit.ScriptModule, spec: ModelSpec) ->
     return pt_path
 
 
-def _example_inputs(spec: ModelSpec, batch: int) -> list[Tensor]:
+def _example_inputs(spec: ModelSpec, batch: int) -> list[Tensor | list[str]]:
     gen = torch.Generator().manual_seed(0)
-    inputs = []
+    inputs: list[Tensor | list[str]] = []
     for t in spec.inputs:
         shape = (batch, *t.dims)
-        if _DTYPES[t.data_type].is_floating_point:
+        if t.data_type == _STRING:
+            inputs.append([f"example {row}" for row in range(batch)])
+        elif _DTYPES[t.data_type].is_floating_point:
             inputs.append(torch.rand(shape, generator=gen))
         else:
             inputs.append(torch.randint(-100, 100, shape, generator=gen, dtype=torch.int32))
@@ -339,6 +381,10 @@ def smoke_check(pt_path: Path, spec: ModelSpec) -> None:
     if len(outputs) != len(spec.outputs):
         raise RuntimeError(f"{spec.name}: {len(outputs)} outputs, config declares {len(spec.outputs)}")
     for got, want in zip(outputs, spec.outputs, strict=True):
+        if want.data_type == _STRING:
+            if not (isinstance(got, list) and len(got) == SMOKE_BATCH):
+                raise RuntimeError(f"{spec.name}/{want.name}: got {got!r}, want {SMOKE_BATCH} strings")
+            continue
         shape, dtype = (SMOKE_BATCH, *want.dims), _DTYPES[want.data_type]
         if tuple(got.shape) != shape or got.dtype != dtype:
             raise RuntimeError(
@@ -373,7 +419,7 @@ def build_all(out: Path) -> None:
     _write_text(out / "digits" / "metrics.json", metrics)
     print(f"digits: {pt_path} test_accuracy={json.loads(metrics)['test_accuracy']:.4f}")
 
-    for builder in (build_simple, build_mlp, build_cnn):
+    for builder in (build_simple, build_mlp, build_cnn, build_text):
         scripted, spec = builder()
         pt_path = write_model(out, scripted, spec)
         smoke_check(pt_path, spec)

@@ -75,7 +75,10 @@ class App:
             self.registry,
             explicit=settings.model_control_mode == "explicit",
             limits=Limits(
-                settings.max_message_bytes, settings.max_tensor_elements, settings.max_request_rows
+                settings.max_message_bytes,
+                settings.max_tensor_elements,
+                settings.max_request_rows,
+                settings.max_string_bytes,
             ),
         )
         self.health = Health()
@@ -214,7 +217,9 @@ class App:
 
     async def _start_metrics(self) -> None:
         port = max(self.settings.metrics_port, 0)
-        self.metrics = MetricsServer(self.core.snapshot, self.settings.host, port)
+        self.metrics = MetricsServer(
+            self.core.snapshot, self.settings.host, port, self.settings.metrics_names
+        )
         try:
             metrics_port = self.metrics.start(asyncio.get_running_loop())
         except OSError as exc:

@@ -21,6 +21,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 ControlMode = Literal["none", "poll", "explicit"]
 Readiness = Literal["all", "any"]
 EventLoop = Literal["uvloop", "asyncio"]
+MetricsNames = Literal["torchwire", "triton", "both"]
 
 
 def default_threads() -> int:
@@ -80,7 +81,13 @@ class Settings:
     max_request_rows: int = _opt(
         0, "rows (batch dimension) one request may carry, beside max_batch_size (0: off)"
     )
+    max_string_bytes: int = _opt(1024 * 1024, "bytes one element of a BYTES (string) input may have")
     metrics_port: int = _opt(8002, "HTTP port of Prometheus /metrics (0: off; -1: any free port)")
+    metrics_names: MetricsNames = _opt(
+        "both",
+        "metric names on /metrics: torchwire (torchwire_*), triton (Triton's nv_inference_*, for its "
+        "dashboards) or both",
+    )
     trace: bool = _opt(False, "OpenTelemetry spans per RPC, with queue and compute children")
     trace_exporter: Literal["none", "console", "otlp"] = _opt(
         "none",
@@ -121,6 +128,7 @@ class Settings:
             ("model_control_mode", ControlMode),
             ("readiness", Readiness),
             ("event_loop", EventLoop),
+            ("metrics_names", MetricsNames),
             ("log_level", LogLevel),
             ("trace_exporter", Literal["none", "console", "otlp"]),
             ("log_format", Literal["text", "json"]),
@@ -140,6 +148,8 @@ class Settings:
         for name in ("max_concurrent_rpcs", "max_streams", "max_request_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.max_string_bytes < 0:
+            raise ValueError(f"max_string_bytes must be >= 0, got {self.max_string_bytes}")
         if self.max_tensor_elements < 1:
             raise ValueError(f"max_tensor_elements must be >= 1, got {self.max_tensor_elements}")
         if not -1 <= self.metrics_port <= 65535:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from torchwire.client import _codec
@@ -152,6 +153,8 @@ def decode_request(
     if len(request.inputs) != len(spec.inputs):  # no duplicates or strangers got here: some are missing
         missing = [t for t, a in zip(spec.inputs, arrays, strict=True) if a is None]
         raise InvalidRequest(f"missing input(s) {_names(missing)} for model '{spec.name}'")
+    if spec.bytes_inputs:
+        _decode_texts(arrays, spec, limits)
     priority, timeout_s = _scheduling(request) if request.parameters else (0, None)
     return Decoded(
         arrays,  # type: ignore[arg-type]  # every slot is filled: checked just above
@@ -162,6 +165,30 @@ def decode_request(
     )
 
 
+def _decode_texts(arrays: list[Array | None], spec: ModelSpec, limits: Limits) -> None:
+    for index in spec.bytes_inputs:
+        items = arrays[index]
+        assert items is not None  # every input is present: decode_request checked
+        arrays[index] = _texts(items, spec.inputs[index].name, limits)
+
+
+def _texts(items: Array, tensor: str, limits: Limits) -> Array:
+    """BYTES elements as the str a TorchScript List[str] holds (TorchScript has no bytes type), each
+    within --max-string-bytes: checked here, per request, so a bad one never reaches a batch."""
+    flat = items.reshape(-1)
+    texts = np.empty(flat.shape, dtype=np.object_)
+    for index, item in enumerate(flat):
+        limits.check_string(tensor, index, len(item))
+        try:
+            texts[index] = item.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(
+                f"input '{tensor}' element {index} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                f"a TorchScript model takes BYTES as List[str]"
+            ) from exc
+    return texts.reshape(items.shape)
+
+
 def encode_response(
     request: pb.ModelInferRequest,
     spec: ModelSpec,
@@ -170,6 +197,8 @@ def encode_response(
     selected: tuple[int, ...],
     limits: Limits = DEFAULT_LIMITS,
 ) -> pb.ModelInferResponse:
+    if spec.bytes_outputs:
+        return _encode_with_strings(request, spec, version, outputs, selected, limits)
     size = sum(outputs[index].nbytes for index in selected)
     limits.check_response(size)
     response = pb.ModelInferResponse(model_name=spec.name, model_version=str(version), id=request.id)
@@ -178,4 +207,27 @@ def encode_response(
         array = outputs[index]
         response.outputs.add(name=t.name, datatype=t.datatype, shape=array.shape)
         response.raw_output_contents.append(array.tobytes())
+    return response
+
+
+def _encode_with_strings(
+    request: pb.ModelInferRequest,
+    spec: ModelSpec,
+    version: int,
+    outputs: list[Array],
+    selected: tuple[int, ...],
+    limits: Limits,
+) -> pb.ModelInferResponse:
+    """encode_response's branch for BYTES outputs: length-prefixed, their size is known only once
+    they are serialized (numeric outputs check their size before any copy, as above)."""
+    raw = [
+        _codec.serialize_bytes(outputs[i]) if i in spec.bytes_outputs else outputs[i].tobytes()
+        for i in selected
+    ]
+    limits.check_response(sum(map(len, raw)))
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=str(version), id=request.id)
+    for index in selected:
+        t = spec.outputs[index]
+        response.outputs.add(name=t.name, datatype=t.datatype, shape=outputs[index].shape)
+    response.raw_output_contents.extend(raw)
     return response

@@ -24,6 +24,9 @@ class TorchwireError(Exception):
     """Base of every error a caller may see; its message is safe to send to the client."""
 
     reason: ClassVar[str] = "internal"
+    # Triton's `reason` label for the same failure (nv_inference_request_failure): REJECTED is its
+    # scheduler's timeout, BACKEND the model's own failure, OTHER whatever Triton has no name for.
+    triton_reason: ClassVar[str] = "OTHER"
 
 
 class ModelNotFound(TorchwireError):
@@ -48,10 +51,12 @@ class LimitExceeded(TorchwireError):
 
 class DeadlineExpired(TorchwireError):
     reason = "timeout"
+    triton_reason = "REJECTED"
 
 
 class ModelExecutionError(TorchwireError):
     reason = "model_error"
+    triton_reason = "BACKEND"
 
 
 class Unsupported(TorchwireError):
@@ -76,7 +81,10 @@ class ShuttingDown(TorchwireError):
     reason = "unavailable"
 
 
-# Every label a failed request can carry: the errors' reasons, a cancelled call, anything else.
-FAILURE_REASONS = tuple(
-    dict.fromkeys([*(error.reason for error in TorchwireError.__subclasses__()), "cancelled", "internal"])
-)
+# Every label a failed request can carry (the errors' reasons, a cancelled call, anything else),
+# each with Triton's label for it.
+FAILURE_REASONS: dict[str, str] = {
+    **{error.reason: error.triton_reason for error in TorchwireError.__subclasses__()},
+    "cancelled": "CANCELED",
+    "internal": TorchwireError.triton_reason,
+}

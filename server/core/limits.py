@@ -16,6 +16,7 @@ class Limits:
     max_message_bytes: int = 64 * 1024 * 1024
     max_tensor_elements: int = 2**26
     max_request_rows: int = 0  # 0: only the model's max_batch_size
+    max_string_bytes: int = 1024 * 1024
 
     def check_elements(self, tensor: str, count: int) -> None:
         if count > self.max_tensor_elements:
@@ -29,6 +30,13 @@ class Limits:
             raise InvalidRequest(
                 f"input '{tensor}' has {rows} rows, over the limit of {self.max_request_rows} "
                 f"set by {setting_name('max_request_rows')}"
+            )
+
+    def check_string(self, tensor: str, index: int, size: int) -> None:
+        if size > self.max_string_bytes:
+            raise InvalidRequest(
+                f"input '{tensor}' element {index} has {size} bytes, over the limit of "
+                f"{self.max_string_bytes} set by {setting_name('max_string_bytes')}"
             )
 
     def check_response(self, size: int) -> None:

@@ -26,4 +26,5 @@ class Snapshot:
     load_failures: dict[str, int]
     unknown_model_requests: int
     state_names: tuple[str, ...]  # every state a model version can be in (each gets a 0/1 sample)
-    failure_reasons: tuple[str, ...]  # every reason a failed request can be counted under
+    # every reason a failed request can be counted under, with Triton's label for it
+    failure_reasons: dict[str, str]

@@ -20,10 +20,10 @@ DEFAULT_MODEL_FILE = "model.pt"
 PLATFORM = "pytorch_libtorch"
 BACKEND = "pytorch"
 
-# Datatypes a TorchScript model can take or return as tensors: the client's table (the one table of
-# v2 datatypes) without BYTES, which has no torch tensor, and the unsigned types wider than 8 bits,
-# which torch holds without most kernels.
-SUPPORTED = frozenset(_codec.DATATYPES) - {"BYTES", "UINT16", "UINT32", "UINT64"}
+# Datatypes a TorchScript model can take or return: the client's table (the one table of v2
+# datatypes) without the unsigned types wider than 8 bits, which torch holds without most kernels.
+# BYTES (TYPE_STRING) reaches the model as a List[str]; every other one is a tensor.
+SUPPORTED = frozenset(_codec.DATATYPES) - {"UINT16", "UINT32", "UINT64"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +130,17 @@ class ModelSpec:
     input_index: dict[str, int] = field(init=False)
     output_index: dict[str, int] = field(init=False)
     all_outputs: tuple[int, ...] = field(init=False)
+    # BYTES tensors take their own codec branch, so numeric ones pay nothing for them.
+    bytes_inputs: tuple[int, ...] = field(init=False)
+    bytes_outputs: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "bytes_inputs", tuple(i for i, t in enumerate(self.inputs) if t.datatype == "BYTES")
+        )
+        object.__setattr__(
+            self, "bytes_outputs", frozenset(i for i, t in enumerate(self.outputs) if t.datatype == "BYTES")
+        )
         object.__setattr__(self, "all_outputs", tuple(range(len(self.outputs))))
         object.__setattr__(self, "input_index", {t.name: i for i, t in enumerate(self.inputs)})
         object.__setattr__(self, "output_index", {t.name: i for i, t in enumerate(self.outputs)})
@@ -185,8 +194,21 @@ def _enum_hint(message: str) -> str:
     return f" (its values: {', '.join(names)})"
 
 
+def _one_list(dims: list[int], batched: bool) -> bool:
+    """Whether a BYTES tensor is one flat list: one string per row in a batched model, else 1-D
+    (Triton's PyTorch backend has the same rule)."""
+    return all(d == 1 for d in dims) or (not batched and len(dims) == 1)
+
+
 def _tensor(
-    kind: str, index: int, name: str, data_type: int, dims: list[int], reshape: list[int] | None, where: Path
+    kind: str,
+    index: int,
+    name: str,
+    data_type: int,
+    dims: list[int],
+    reshape: list[int] | None,
+    where: Path,
+    batched: bool,
 ) -> TensorSpec:
     label = f"{where}: {kind}[{index}]"
     if not name:
@@ -199,6 +221,11 @@ def _tensor(
         )
     if any(d < -1 or d == 0 for d in dims):
         raise ConfigError(f"{label} '{name}': field 'dims' {dims} must be positive or -1")
+    if datatype == "BYTES" and not _one_list(dims, batched):
+        raise ConfigError(
+            f"{label} '{name}': a BYTES tensor reaches forward() as one List[str], so field 'dims' {dims} "
+            + ("must be [1] (one string per row of the batch)" if batched else "must have one dimension")
+        )
     return TensorSpec(name, datatype, tuple(dims), tuple(reshape) if reshape is not None else None)
 
 
@@ -227,11 +254,12 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
             list(t.dims),
             list(t.reshape.shape) if t.HasField("reshape") else None,
             where,
+            config.max_batch_size > 0,
         )
         for i, t in enumerate(config.input)
     )
     outputs = tuple(
-        _tensor("output", i, t.name, t.data_type, list(t.dims), None, where)
+        _tensor("output", i, t.name, t.data_type, list(t.dims), None, where, config.max_batch_size > 0)
         for i, t in enumerate(config.output)
     )
     for kind, tensors in (("input", inputs), ("output", outputs)):

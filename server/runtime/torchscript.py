@@ -6,6 +6,7 @@ loop never waits on torch.
 
 from __future__ import annotations
 
+import math
 import warnings
 import zipfile
 from collections.abc import Awaitable, Sequence
@@ -26,13 +27,13 @@ from .warmup import warmup_batches
 
 Array = npt.NDArray[Any]
 
-# Derived from the client's table: the torch dtype of each datatype a model may use is that of its
-# raw bytes, except BF16, whose raw form is its uint16 bit pattern.
+# Derived from the client's table: the torch dtype of each tensor datatype a model may use is that of
+# its raw bytes, except BF16, whose raw form is its uint16 bit pattern (BYTES is a List[str], no tensor).
 TORCH_DTYPES: dict[str, torch.dtype] = {
     name: torch.bfloat16
     if name == "BF16"
     else torch.from_numpy(np.empty(0, _codec.DATATYPES[name].wire)).dtype
-    for name in sorted(SUPPORTED)
+    for name in sorted(SUPPORTED - {"BYTES"})
 }
 
 # Inputs are views of the request's immutable bytes; torch warns that they are read-only. Models
@@ -40,7 +41,10 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
-def to_tensor(array: Array, spec: TensorSpec, rows: int | None) -> torch.Tensor:
+def to_tensor(array: Array, spec: TensorSpec, rows: int | None) -> torch.Tensor | list[str]:
+    if spec.datatype == "BYTES":  # the str elements (the codec decoded them), flat in row-major order
+        texts: list[str] = array.reshape(-1).tolist()
+        return texts
     if spec.datatype == "BF16":  # raw BF16 arrives as its uint16 bit pattern
         tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     else:
@@ -104,8 +108,13 @@ class TorchScriptModel:
 
     def _check_outputs(self, result: Any, rows: int | None) -> list[Array]:
         spec = self.spec
-        outputs = list(result) if isinstance(result, list | tuple) else [result]
-        if len(outputs) != len(spec.outputs) or not all(isinstance(o, torch.Tensor) for o in outputs):
+        # One output may itself be a List[str]; several come as a tuple (or a list of outputs).
+        single = len(spec.outputs) == 1 and (isinstance(result, torch.Tensor) or _is_texts(result))
+        outputs = [result] if single or not isinstance(result, list | tuple) else list(result)
+        if len(outputs) != len(spec.outputs) or not all(
+            _is_texts(o) if t.datatype == "BYTES" else isinstance(o, torch.Tensor)
+            for o, t in zip(outputs, spec.outputs, strict=False)
+        ):
             kinds = ", ".join(type(o).__name__ for o in outputs)
             raise ModelExecutionError(
                 f"model '{spec.name}' returned {len(outputs)} value(s) ({kinds}); its config lists "
@@ -113,6 +122,9 @@ class TorchScriptModel:
             )
         arrays: list[Array] = []
         for tensor, t in zip(outputs, spec.outputs, strict=True):
+            if t.datatype == "BYTES":
+                arrays.append(self._texts_array(tensor, t, rows))
+                continue
             want = TORCH_DTYPES[t.datatype]
             if tensor.dtype != want:
                 raise ModelExecutionError(
@@ -129,8 +141,27 @@ class TorchScriptModel:
             arrays.append(to_array(tensor.detach().cpu(), t))
         return arrays
 
+    def _texts_array(self, texts: list[str], t: TensorSpec, rows: int | None) -> Array:
+        """A List[str] output as an object array of its wire shape: one string per row when batched."""
+        if rows is not None:
+            shape: tuple[int, ...] = (rows, *t.dims)
+        else:
+            shape = tuple(len(texts) if d == -1 else d for d in t.dims)
+        if len(texts) != math.prod(shape):
+            raise ModelExecutionError(
+                f"model '{self.spec.name}' output '{t.name}' is a list of {len(texts)} strings, "
+                f"expected {math.prod(shape)} (shape {list(shape)})"
+            )
+        array = np.empty(len(texts), dtype=np.object_)
+        array[:] = texts
+        return array.reshape(shape)
+
     def close(self) -> None:
         self._instances.close()
+
+
+def _is_texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,6 +21,9 @@ Array = npt.NDArray[Any]
 
 
 def _array(datatype: str, shape: tuple[int, ...], random: bool, rng: np.random.Generator) -> Array:
+    if datatype == "BYTES":  # str elements, as the codec hands them to the model: "" or digits
+        texts = rng.integers(0, 8, shape).astype(str) if random else np.full(shape, "")
+        return texts.astype(np.object_)
     wire = _codec.DATATYPES[datatype].wire
     if not random:
         return np.zeros(shape, dtype=wire)
@@ -45,9 +48,7 @@ def warmup_batches(spec: ModelSpec) -> list[list[Array]]:
     sizes = [size for size in sizes for _ in range(2)]
     return [
         [
-            np.zeros(
-                _rows(spec, size) + tuple(max(d, 1) for d in t.dims), dtype=_codec.DATATYPES[t.datatype].wire
-            )
+            _array(t.datatype, _rows(spec, size) + tuple(max(d, 1) for d in t.dims), False, rng)
             for t in spec.inputs
         ]
         for size in sizes

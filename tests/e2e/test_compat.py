@@ -53,7 +53,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_carries_client_server_and_example_models(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for model in ("digits", "simple", "mlp", "cnn"):
+    for model in ("digits", "simple", "mlp", "cnn", "text"):
         assert f"torchwire/models/{model}/config.pbtxt" in names
         assert f"torchwire/models/{model}/1/model.pt" in names
     assert "torchwire/client/py.typed" in names

@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from support.modelgen import Identity, identity_repository, single_io_config, write_model
+from support.modelgen import Identity, StringIdentity, identity_repository, single_io_config, write_model
 from support.serving import RunningServer, running_server
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -66,7 +66,7 @@ FUZZ = settings(
         HealthCheck.large_base_example,
     ],
 )
-EXAMPLES = {"single": 2500, "concurrent": 200, "garbage": 800, "lookup": 150}
+EXAMPLES = {"single": 2500, "concurrent": 200, "garbage": 800, "lookup": 150, "bytes": 300}
 MIN_INFER_REQUESTS = 2000
 SENT: Counter[str] = Counter()  # calls made, by test
 
@@ -169,6 +169,15 @@ MODELS: dict[str, Model] = {
     "broken": _identity("broken", "FP32", (4,), 8, kind="broken"),
 }
 SERVED = [m for m in MODELS if MODELS[m].kind != "broken"]
+# BYTES: served beside MODELS, fuzzed by its own test (its oracle is a reference BYTES parser).
+STRINGS = "strings_echo"
+STRINGS_MAX_BATCH = 8
+STRINGS_CONFIG = (
+    f'name: "{STRINGS}"\nmax_batch_size: {STRINGS_MAX_BATCH}\n'
+    'input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+    'output [ { name: "ECHO" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+    "dynamic_batching { max_queue_delay_microseconds: 500 }\n"
+)
 DYN_CONFIG = (
     "dynamic_batching { max_queue_delay_microseconds: 500 priority_levels: 3 default_priority_level: 2 "
     "default_queue_policy { allow_timeout_override: true default_timeout_microseconds: 20000000 } }"
@@ -183,6 +192,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     write_model(repo, "flat", Identity(), single_io_config("flat", "FP32", [-1, -1], 0))
     write_model(repo, "dyn", Identity(), single_io_config("dyn", "INT64", [-1], 8, DYN_CONFIG))
     write_model(repo, "broken", None, single_io_config("broken", "FP32", [4], 8))  # no model.pt
+    write_model(repo, STRINGS, StringIdentity(), STRINGS_CONFIG)
     with running_server(repo, readiness="any") as running:  # "broken" must not make it unready
         yield running
 
@@ -310,6 +320,7 @@ DATATYPE_EDGES = [
 HUGE_DIMS = [-1, -(2**63), 2**31, 2**32, 2**40, 2**62, 2**63 - 1]
 INT64 = st.integers(-(2**63), 2**63 - 1)
 UINT64 = st.integers(0, 2**64 - 1)
+UINT32 = st.integers(0, 2**32 - 1)
 # Model names weighted towards the models with something special: variable dims, batching, 2 inputs.
 WEIGHTED_MODELS = [*SERVED, *(["flat", "dyn", "simple"] * 3)]
 # The models where a kind of fault means most; the planner picks them for it most of the time.
@@ -843,6 +854,96 @@ def test_model_lookups_by_any_name_and_version(
             check_clean(outcome)
             assert outcome.code in (Code.NOT_FOUND, Code.UNAVAILABLE), (outcome.code, outcome.details)
             assert not served, (name, version, outcome.code, outcome.details)
+
+
+# --- BYTES tensors ----------------------------------------------------------------------------------
+
+
+def length_prefixed(items: Sequence[bytes]) -> bytes:
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+def reference_elements(shape: Sequence[int], raw: bytes) -> list[bytes] | None:
+    """The elements a correct server reads from a `strings_echo` request, or None if it must refuse it:
+    the batch shape, then exactly prod(shape) length-prefixed UTF-8 elements and nothing after."""
+    if len(shape) != 2 or not 1 <= shape[0] <= STRINGS_MAX_BATCH or shape[1] != 1:
+        return None
+    items, offset = [], 0
+    for _ in range(shape[0]):
+        if offset + 4 > len(raw):
+            return None
+        length = int.from_bytes(raw[offset : offset + 4], "little")
+        if offset + 4 + length > len(raw):
+            return None
+        items.append(raw[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    if offset != len(raw):
+        return None
+    try:
+        for item in items:
+            item.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return items
+
+
+@st.composite
+def bytes_requests(draw: st.DrawFn) -> tuple[pb.ModelInferRequest, list[bytes] | None]:
+    """A BYTES request, raw or in bytes_contents, often broken: lengths, cuts, extra bytes, shapes,
+    invalid UTF-8; with the elements it must echo (None: it must be refused)."""
+    rows = draw(st.integers(1, STRINGS_MAX_BATCH))
+    element = st.text(max_size=6).map(str.encode) | st.binary(max_size=10)
+    items = draw(st.lists(element, min_size=rows, max_size=rows))
+    shape = [rows, 1]
+    if chance(draw, 15):
+        shape = draw(st.sampled_from([[rows], [rows, 2], [0, 1], [STRINGS_MAX_BATCH + 1, 1], [rows, 1, 1]]))
+    request = pb.ModelInferRequest(model_name=STRINGS)
+    tensor = request.inputs.add(name="TEXT", datatype="BYTES", shape=shape)
+    if chance(draw, 20):  # typed contents: the elements are given; only their count and text can be wrong
+        if chance(draw, 20):
+            items = [*items, b"extra"] if chance(draw, 50) else items[:-1]
+        tensor.contents.bytes_contents.extend(items)
+        return request, reference_elements(shape, length_prefixed(items))
+    raw = bytearray(length_prefixed(items))
+    if chance(draw, 50):
+        at = draw(st.integers(0, len(raw)))
+        how = draw(st.sampled_from(["cut", "append", "length", "flip"]))
+        if how == "cut":
+            del raw[at:]
+        elif how == "append":
+            raw[at:at] = draw(st.binary(min_size=1, max_size=6))
+        elif how == "length" and len(raw) >= 4:  # a length prefix (or any 4 bytes) rewritten
+            at = min(at, len(raw) - 4)
+            raw[at : at + 4] = draw(st.sampled_from([0, 1, 2**31, 2**32 - 1]) | UINT32).to_bytes(4, "little")
+        elif how == "flip" and raw:
+            raw[min(at, len(raw) - 1)] = draw(st.integers(0, 255))
+    request.raw_input_contents.append(bytes(raw))
+    return request, reference_elements(shape, bytes(raw))
+
+
+@settings(FUZZ, max_examples=EXAMPLES["bytes"])
+@given(cases=st.lists(bytes_requests(), min_size=1, max_size=4))
+def test_bytes_tensors_echo_exactly_or_fail_cleanly(
+    stub: pb_grpc.GRPCInferenceServiceStub, cases: list[tuple[pb.ModelInferRequest, list[bytes] | None]]
+) -> None:
+    """Sent at once, so good ones batch together (and with bad ones refused beside them): each good
+    request gets exactly its own elements back, each bad one INVALID_ARGUMENT with a message."""
+    started = time.monotonic()
+    calls = [stub.ModelInfer.future(request, timeout=CALL_TIMEOUT_S) for request, _ in cases]
+    for (request, items), call in zip(cases, calls, strict=True):
+        outcome = outcome_of(call.result, started, "bytes")
+        event(f"BYTES {'valid' if items is not None else 'invalid'} -> {outcome.code.name}")
+        if items is None:
+            assert outcome.code is not Code.OK, f"accepted a bad BYTES request: {request}"
+            check_clean(outcome)
+            assert outcome.code is Code.INVALID_ARGUMENT, (outcome.code, outcome.details)
+            assert "'TEXT'" in outcome.details, outcome.details
+            continue
+        assert outcome.code is Code.OK, (outcome.code, outcome.details, request)
+        assert isinstance(outcome.response, pb.ModelInferResponse)
+        (output,) = outcome.response.outputs
+        assert (output.name, output.datatype, list(output.shape)) == ("ECHO", "BYTES", [len(items), 1])
+        assert outcome.response.raw_output_contents[0] == length_prefixed(items)
 
 
 # --- Afterwards: the server is healthy and still right ---------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.modelgen import Spinner, spinner_config, write_model
-from support.serving import RunningServer, running_server
+from support.serving import RunningServer, running_server, wait_until
 from torchwire.client import Client, InferenceError
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -38,10 +39,16 @@ def tracer_provider() -> None:
     trace.set_tracer_provider(provider)
 
 
-def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape_text(server: RunningServer, path: str = "/metrics") -> str:
     assert server.app.metrics is not None
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}/metrics", timeout=30) as reply:
-        text = reply.read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics.port}{path}", timeout=30) as reply:
+        assert reply.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text: str = reply.read().decode()
+    return text
+
+
+def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = scrape_text(server)
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -129,6 +136,100 @@ def test_metrics_and_statistics_count_exactly_what_happened(observed: RunningSer
     assert int(seen["inference_stats"]["success"]["count"]) == stats.inference_stats.success.count
     assert int(seen["inference_count"]) == stats.inference_count
     assert value(after, "torchwire_batch_size_count", **labels) == stats.execution_count
+
+
+TRITON_COUNTERS = (
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+)
+_SAMPLE = re.compile(r'^(nv_\w+)\{model="spin",(?:reason="(\w+)",)?version="1"\} (\d+)$', re.MULTILINE)
+
+
+def triton_samples(text: str) -> dict[tuple[str, str], int]:
+    """The `spin` model's nv_* samples as Triton writes them: bare names, integer values."""
+    return {(name, reason): int(number) for name, reason, number in _SAMPLE.findall(text)}
+
+
+def test_triton_names_agree_with_model_statistics_after_a_known_load(observed: RunningServer) -> None:
+    with grpc.insecure_channel(observed.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        before = triton_samples(scrape_text(observed))
+        for i in range(4):  # good: one row each
+            infer(stub, 0, float(i)).result()
+        two = pb.ModelInferRequest(model_name="spin")  # good: two rows
+        two.inputs.add(name="INPUT__0", datatype="FP32", shape=[2, 2])
+        two.raw_input_contents.append(np.zeros((2, 2), "<f4").tobytes())
+        stub.ModelInfer(two, timeout=60)
+        bad = pb.ModelInferRequest(model_name="spin")
+        bad.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 3])
+        bad.raw_input_contents.append(bytes(12))
+        with pytest.raises(grpc.RpcError):  # invalid input: Triton's OTHER
+            stub.ModelInfer(bad, timeout=60)
+        busy = infer(stub, 10_000, 1.0)
+        wait_until(lambda: observed.queue_state("spin")[1] == 1, "the busy request computes")
+        late = pb.ModelInferRequest(model_name="spin")  # times out queued: Triton's REJECTED
+        late.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 2])
+        late.raw_input_contents.append(np.zeros((1, 2), "<f4").tobytes())
+        late.parameters["timeout"].int64_param = 1000
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(late, timeout=60)
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        busy.result()
+        text = scrape_text(observed)
+        stats = stub.ModelStatistics(
+            pb.ModelStatisticsRequest(name="spin", version="1"), timeout=30
+        ).model_stats[0]
+    after = triton_samples(text)
+    for name in TRITON_COUNTERS:  # Triton's types and bare counter names, no `_total`
+        assert f"# TYPE {name} counter\n" in text, name
+    assert "# TYPE nv_inference_pending_request_count gauge\n" in text
+    assert "nv_inference_count_total" not in text
+
+    def delta(name: str, reason: str = "") -> int:
+        return after[(name, reason)] - before[(name, reason)]
+
+    assert delta("nv_inference_request_success") == 6
+    assert delta("nv_inference_count") == 7
+    assert delta("nv_inference_request_failure", "OTHER") == 1
+    assert delta("nv_inference_request_failure", "REJECTED") == 1
+    assert delta("nv_inference_request_failure", "BACKEND") == 0
+    assert delta("nv_inference_request_failure", "CANCELED") == 0
+    assert after[("nv_inference_pending_request_count", "")] == 0
+    # The same numbers as ModelStatistics, durations in whole microseconds.
+    inference = stats.inference_stats
+    assert after[("nv_inference_request_success", "")] == inference.success.count
+    assert sum(
+        after[("nv_inference_request_failure", r)] for r in ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+    ) == (inference.fail.count)
+    assert after[("nv_inference_count", "")] == stats.inference_count
+    assert after[("nv_inference_exec_count", "")] == stats.execution_count
+    assert after[("nv_inference_request_duration_us", "")] == inference.success.ns // 1000
+    assert after[("nv_inference_queue_duration_us", "")] == inference.queue.ns // 1000
+    assert after[("nv_inference_compute_input_duration_us", "")] == inference.compute_input.ns // 1000
+    assert after[("nv_inference_compute_infer_duration_us", "")] == inference.compute_infer.ns // 1000
+    assert after[("nv_inference_compute_output_duration_us", "")] == inference.compute_output.ns // 1000
+    assert after[("nv_inference_compute_infer_duration_us", "")] > 0
+
+
+@pytest.mark.parametrize(
+    ("names", "present", "absent"),
+    [("triton", "nv_", "torchwire_request"), ("torchwire", "torchwire_request", "nv_")],
+)
+def test_metrics_names_picks_the_name_set(names: str, present: str, absent: str) -> None:
+    with running_server(metrics_port=-1, metrics_names=names, torch_threads=1) as server:
+        text = scrape_text(server)
+        assert present in text and absent not in text
+        assert "torchwire_process_resident_memory_bytes" in text  # process metrics either way
+        with pytest.raises(urllib.error.HTTPError) as caught:  # only /metrics answers
+            scrape_text(server, "/v2/health/ready")
+        assert caught.value.code == 404
 
 
 def test_spans_follow_the_incoming_traceparent(observed: RunningServer) -> None:

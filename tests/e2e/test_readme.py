@@ -49,6 +49,7 @@ def section(title: str) -> str:
 PRINTS = [
     "StatusCode.INVALID_ARGUMENT input 'INPUT__0'",  # the sync client
     "[[ 1  2  3  4  5  6  7  8  9 10 11 12 13 14 15 16]]",  # the asyncio client
+    "[[11], [6]] [[2], [1]]\n[[b'HELLO WORLD'], [b'H\\xc3\\xa9LLO']]",  # strings (the text model)
     "99 99 ",  # the stream: index, request id, digit
     "",  # many replicas: clients built, no call made
     "[[ 0  2  4  6  8 10 12 14 16 18 20 22 24 26 28 30]]\n32",  # tritonclient

@@ -24,7 +24,7 @@ def broken_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(repo, "nofile", None, single_io_config("nofile", "FP32", [3], 4))
     corrupt = write_model(repo, "corrupt", None, single_io_config("corrupt", "FP32", [3], 4))
     (corrupt / "1" / "model.pt").write_bytes(b"this is not a zip archive")
-    write_model(repo, "stringy", None, single_io_config("stringy", "STRING", [1], 4))
+    write_model(repo, "stringy", None, single_io_config("stringy", "STRING", [2], 4))  # one per row only
     (repo / "noconfig" / "1").mkdir(parents=True)
     write_model(
         repo, "wirenames", Identity(), single_io_config("wirenames", "FP32", [3], 4).replace("TYPE_", "")
@@ -49,7 +49,7 @@ def test_broken_models_are_reported_with_reasons(broken: RunningServer, broken_r
             "badconfig": ["config.pbtxt", "max_batch_size"],
             "nofile": ["model.pt", "not found"],
             "corrupt": ["model.pt", "TorchScript"],
-            "stringy": ["data_type", "TYPE_STRING"],
+            "stringy": ["BYTES", "List[str]", "dims"],
             "noconfig": ["config.pbtxt", "not found"],
         }
         for name in ("pickled", "weights"):

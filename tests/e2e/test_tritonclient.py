@@ -29,7 +29,7 @@ from torchwire.server.repository import ModelSource, scan
 Array = npt.NDArray[Any]
 
 SOURCES: dict[str, ModelSource] = {source.name: source for source in scan(REPOSITORY)}
-EXAMPLE_MODELS = ("cnn", "digits", "mlp", "simple")
+EXAMPLE_MODELS = ("cnn", "digits", "mlp", "simple", "text")
 BATCH = 3
 DIGITS_BATCH = 32
 
@@ -61,8 +61,9 @@ def parse_config(name: str) -> ModelConfig:
 
 
 def wire_datatype(data_type: int) -> str:
-    """TYPE_FP32 -> FP32, the v2 protocol's datatype string."""
-    return str(DataType.Name(data_type)).removeprefix("TYPE_")
+    """TYPE_FP32 -> FP32, the v2 protocol's datatype string (TYPE_STRING -> BYTES)."""
+    name = str(DataType.Name(data_type)).removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
 
 
 def wire_shape(config: ModelConfig, dims: Any) -> list[int]:
@@ -75,7 +76,12 @@ def random_inputs(config: ModelConfig, seed: int = 0) -> list[Array]:
     for tensor in config.input:
         dtype = np.dtype(triton_to_np_dtype(wire_datatype(tensor.data_type)))
         shape = (BATCH, *tensor.dims)
-        if dtype.kind == "f":
+        if dtype.kind == "O":  # BYTES: UTF-8 text of random words, as numpy object arrays of bytes
+            words = rng.choice(["tensor", "wire", "ünïcode", "", "a"], size=(*shape, 3))
+            arrays.append(
+                np.array([" ".join(w).encode() for w in words.reshape(-1, 3)], np.object_).reshape(shape)
+            )
+        elif dtype.kind == "f":
             arrays.append(rng.standard_normal(shape).astype(dtype))
         else:
             arrays.append(rng.integers(-1000, 1000, size=shape).astype(dtype))
@@ -96,17 +102,25 @@ def in_process(name: str, arrays: list[Array]) -> list[Array]:
     path = SOURCES[name].path / str(max(SOURCES[name].versions)) / "model.pt"
     module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     module.eval()
-    with torch.inference_mode():
-        result = module(*(torch.from_numpy(a) for a in arrays))
+    with torch.inference_mode():  # BYTES go in as List[str] and come out as lists of str
+        result = module(*(torch.from_numpy(a) if a.dtype.kind != "O" else _texts(a) for a in arrays))
     outputs = list(result) if isinstance(result, tuple) else [result]
-    return [out.numpy() for out in outputs]
+    return [out.numpy() if isinstance(out, torch.Tensor) else _utf8(out) for out in outputs]
+
+
+def _texts(array: Array) -> list[str]:
+    return [item.decode() for item in array.reshape(-1)]
+
+
+def _utf8(texts: list[str]) -> Array:
+    return np.array([t.encode() for t in texts], np.object_).reshape(-1, 1)
 
 
 def assert_matches(got: Array | None, want: Array, label: str) -> None:
     assert got is not None, f"{label}: missing from the response"
     assert got.dtype == want.dtype, f"{label}: dtype {got.dtype}, expected {want.dtype}"
     assert got.shape == want.shape, f"{label}: shape {got.shape}, expected {want.shape}"
-    if np.issubdtype(want.dtype, np.integer):
+    if want.dtype.kind == "O" or np.issubdtype(want.dtype, np.integer):
         np.testing.assert_array_equal(got, want, err_msg=label)
     else:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=label)
@@ -140,7 +154,7 @@ def expect_error(call: Any, *args: Any, **kwargs: Any) -> InferenceServerExcepti
 # ------------------------------------------------------------------------------------------------
 
 
-def test_repository_holds_the_four_example_models() -> None:
+def test_repository_holds_the_five_example_models() -> None:
     assert sorted(SOURCES) == sorted(EXAMPLE_MODELS)
     for source in SOURCES.values():
         assert source.versions == (1,), source

@@ -68,9 +68,9 @@ def test_dynamic_batching_with_priorities_and_queue_policies() -> None:
             "field 'dynamic_batching.preferred_batch_size' [8] must be within 1..max_batch_size (4)",
         ),
         (
-            'input [ { name: "x" data_type: TYPE_STRING dims: [ 1 ] } ] '
+            'input [ { name: "x" data_type: TYPE_UINT16 dims: [ 1 ] } ] '
             'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]',
-            "input[0] 'x': field 'data_type' TYPE_STRING is not supported for TorchScript",
+            "input[0] 'x': field 'data_type' TYPE_UINT16 is not supported for TorchScript",
         ),
         (
             'input [ { name: "x" data_type: TYPE_FP32 dims: [ 0 ] } ] '
@@ -97,3 +97,27 @@ def test_read_config_names_a_missing_or_unparsable_file(tmp_path: Path) -> None:
     (tmp_path / "config.pbtxt").write_text("max_batch_size: eight")
     with pytest.raises(ConfigError, match=r"config.pbtxt: 1:17 : "):
         read_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("dims", "batch", "accepted"),
+    [
+        ([1], 8, True),
+        ([1, 1], 8, True),
+        ([2], 8, False),
+        ([-1], 8, False),
+        ([-1], 0, True),
+        ([3, 2], 0, False),
+    ],
+)
+def test_string_tensors_are_one_flat_list(dims: list[int], batch: int, accepted: bool) -> None:
+    config = text_format.Parse(
+        f'max_batch_size: {batch} input [ {{ name: "T" data_type: TYPE_STRING dims: {dims} }} ] '
+        f'output [ {{ name: "O" data_type: TYPE_STRING dims: {dims} }} ]',
+        mc.ModelConfig(),
+    )
+    if accepted:
+        assert build_spec(WHERE, config).inputs[0].datatype == "BYTES"
+    else:
+        with pytest.raises(ConfigError, match=r"reaches forward\(\) as one List\[str\]"):
+            build_spec(WHERE, config)

@@ -12,6 +12,13 @@ class Identity(torch.nn.Module):
         return x.clone()
 
 
+class StringIdentity(torch.nn.Module):
+    """BYTES in, the same strings out (TorchScript takes and returns them as List[str])."""
+
+    def forward(self, x: list[str]) -> list[str]:
+        return list(x)
+
+
 class DoubleUnlessNegative(torch.nn.Module):
     """Raises for any row with a negative value: one bad request can poison a batch."""
 
