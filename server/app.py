@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 
 import grpc.aio
@@ -12,17 +13,19 @@ from grpc_health.v1 import health_pb2
 from torchwire.client._proto import grpc_service_pb2 as pb
 
 from .core import InferenceCore
+from .http.server import HttpServer
 from .limits import Gate, Limits
 from .observability.logs import AccessLog
 from .observability.metrics import MetricsServer
 from .observability.tracing import Tracing, configure_exporter
 from .registry import Registry
 from .rpc import reflection
-from .rpc.auth import TokenAuth, read_tokens
+from .rpc.auth import TokenAuth
 from .rpc.handlers import service_handler
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
 from .settings import Settings, default_threads
+from .tokens import BearerTokens, read_tokens
 
 log = logging.getLogger("torchwire")
 
@@ -55,7 +58,18 @@ class App:
         )
         self.health = Health()
         self.port = 0
+        self.tokens = (
+            BearerTokens(read_tokens(settings.auth_token_file))
+            if settings.auth_token_file is not None
+            else None
+        )
+        self.tracing = Tracing(settings.trace)
+        self.access_log = AccessLog(settings.access_log_sample)
+        # One count of inference calls in progress, whichever port they came in on.
+        limit = settings.max_concurrent_rpcs
+        self.inference_gate = Gate(limit, "max_concurrent_rpcs", "inference calls") if limit else None
         self._server: grpc.aio.Server | None = None
+        self.http: HttpServer | None = None
         self._loading: asyncio.Task[None] | None = None
         self._polling: asyncio.Task[None] | None = None
         self._stopping = False
@@ -80,11 +94,11 @@ class App:
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         settings = self.settings
-        if settings.auth_token_file is None:
+        if self.tokens is None:
             return []
         return [
             TokenAuth(
-                read_tokens(settings.auth_token_file),
+                self.tokens,
                 protect_health=settings.auth_health,
                 protect_reflection=settings.auth_reflection,
             )
@@ -101,19 +115,30 @@ class App:
             require_client_auth=client_ca is not None,
         )
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """The HTTP port's TLS, from the same files and with the same client check as gRPC's."""
+        settings = self.settings
+        if settings.tls_cert is None or settings.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_client_ca is not None:
+            context.load_verify_locations(settings.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(options=self._server_options(), interceptors=self._interceptors())
         servicer = InferenceServicer(
             self.core,
             self.settings.stream_max_in_flight,
-            Tracing(self.settings.trace),
-            AccessLog(self.settings.access_log_sample),
+            self.tracing,
+            self.access_log,
             Gate(self.settings.max_streams, "max_streams", "streams"),
         )
         size = self.settings.max_message_bytes
         # No limit, no gate: unlimited servers pay nothing per request for counting.
-        limit = self.settings.max_concurrent_rpcs
-        rpcs = Gate(limit, "max_concurrent_rpcs", "inference RPCs") if limit else None
+        rpcs = self.inference_gate
         server.add_generic_rpc_handlers(
             (
                 service_handler(
@@ -142,6 +167,19 @@ class App:
         await server.start()
         self._server = server
         await self.health.start()
+        if self.settings.http_port:
+            self.http = HttpServer(
+                self.core,
+                max_bytes=self.settings.max_message_bytes,
+                shutdown_grace=self.settings.shutdown_grace,
+                tokens=self.tokens,
+                protect_health=self.settings.auth_health,
+                gate=self.inference_gate,
+                tracing=self.tracing,
+                access_log=self.access_log,
+            )
+            await self.http.start(self.settings.host, max(self.settings.http_port, 0), self._ssl_context())
+            log.info("HTTP/REST on %s:%d", self.settings.host, self.http.port)
         if self.settings.trace:
             configure_exporter(self.settings.trace_exporter)
         if self.settings.metrics_port:
@@ -202,13 +240,17 @@ class App:
             return
         self._stopping = True
         await self.health.drain()
+        if self.http is not None:
+            self.http.draining = True
         if self.settings.drain_delay_s > 0:
             log.info(
                 "draining: NOT_SERVING for %.1f s before closing the listener", self.settings.drain_delay_s
             )
             await asyncio.sleep(self.settings.drain_delay_s)  # the point is to let load balancers notice
-        if self._server is not None:
-            await self._server.stop(self.settings.shutdown_grace)
+        closing = [self._server.stop(self.settings.shutdown_grace)] if self._server is not None else []
+        if self.http is not None:
+            closing.append(self.http.stop())
+        await asyncio.gather(*closing)
         for task in (self._loading, self._polling):
             if task is not None and not task.done():
                 task.cancel()

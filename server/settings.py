@@ -56,6 +56,9 @@ class Settings:
     )
     host: str = _opt("0.0.0.0", "address to listen on")
     port: int = _opt(8001, "gRPC port (0 picks a free one)")
+    http_port: int = _opt(
+        8000, "HTTP/REST port of the same v2 protocol, as Triton serves it (0: off; -1: any free port)"
+    )
     torch_threads: int = _opt(
         0,
         "torch intra-op threads per model instance (0: the cores this process may use, shared "
@@ -142,8 +145,9 @@ class Settings:
                 raise ValueError(f"{name} must be >= 0")
         if self.max_tensor_elements < 1:
             raise ValueError(f"max_tensor_elements must be >= 1, got {self.max_tensor_elements}")
-        if not -1 <= self.metrics_port <= 65535:
-            raise ValueError(f"metrics_port must be -1..65535, got {self.metrics_port}")
+        for name in ("metrics_port", "http_port"):
+            if not -1 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be -1..65535, got {getattr(self, name)}")
         if not 0.0 <= self.access_log_sample <= 1.0:
             raise ValueError(f"access_log_sample must be within 0..1, got {self.access_log_sample}")
         if self.stream_max_in_flight < 1:

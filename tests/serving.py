@@ -40,6 +40,12 @@ class RunningServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.app.port}"
 
+    @property
+    def http_target(self) -> str:
+        """host:port of the HTTP/REST port (the server must have been started with http_port=-1)."""
+        assert self.app.http is not None, "start the server with http_port=-1"
+        return f"127.0.0.1:{self.app.http.port}"
+
     def queue_state(self, model: str) -> tuple[int, int]:
         """(queued, in flight) of a model's scheduler, read on the server's own loop thread."""
 
@@ -61,6 +67,7 @@ def running_server(
 ) -> Iterator[RunningServer]:
     """A started server on an ephemeral port; always stopped on exit, even when the test fails."""
     overrides.setdefault("metrics_port", 0)  # metrics off unless a test asks (-1: any free port)
+    overrides.setdefault("http_port", 0)  # HTTP/REST off unless a test asks (-1: any free port)
     settings = Settings(
         model_repository=repository, host="127.0.0.1", port=0, shutdown_grace=5.0, **overrides
     )

@@ -65,7 +65,13 @@ def _wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float)
 def _serve(command: Sequence[str] = (str(TORCHWIRE),), **variables: str) -> Iterator[subprocess.Popen[str]]:
     """`torchwire serve` on a free 127.0.0.1 port with these TORCHWIRE_* variables; killed if the
     test leaves it running, even when it fails."""
-    env = {**os.environ, "TORCHWIRE_HOST": "127.0.0.1", "TORCHWIRE_PORT": "0", "TORCHWIRE_TORCH_THREADS": "1"}
+    env = {
+        **os.environ,
+        "TORCHWIRE_HOST": "127.0.0.1",
+        "TORCHWIRE_PORT": "0",
+        "TORCHWIRE_HTTP_PORT": "-1",
+        "TORCHWIRE_TORCH_THREADS": "1",
+    }
     env |= {f"TORCHWIRE_{name.upper()}": value for name, value in variables.items()}
     process = subprocess.Popen(
         [*command, "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
