@@ -23,11 +23,16 @@ def plain(message: Message) -> dict[str, Any]:
             out[field.name] = {
                 key: _value(field.message_type.fields_by_name["value"], v) for key, v in value.items()
             }
-        elif field.label == FieldDescriptor.LABEL_REPEATED:
+        elif _repeated(field):
             out[field.name] = [_value(field, v) for v in value]
         else:
             out[field.name] = _value(field, value)
     return out
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf 6 deprecates `label` in favour of it
+    return flag if isinstance(flag, bool) else field.label == FieldDescriptor.LABEL_REPEATED
 
 
 def _value(field: FieldDescriptor, value: Any) -> Any:
