@@ -167,19 +167,6 @@ class App:
         await server.start()
         self._server = server
         await self.health.start()
-        if self.settings.http_port:
-            self.http = HttpServer(
-                self.core,
-                max_bytes=self.settings.max_message_bytes,
-                shutdown_grace=self.settings.shutdown_grace,
-                tokens=self.tokens,
-                protect_health=self.settings.auth_health,
-                gate=self.inference_gate,
-                tracing=self.tracing,
-                access_log=self.access_log,
-            )
-            await self.http.start(self.settings.host, max(self.settings.http_port, 0), self._ssl_context())
-            log.info("HTTP/REST on %s:%d", self.settings.host, self.http.port)
         if self.settings.trace:
             configure_exporter(self.settings.trace_exporter)
         if self.settings.metrics_port:
@@ -194,6 +181,26 @@ class App:
             self.repository,
             type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
+        if self.settings.http_port:
+            self.http = HttpServer(
+                self.core,
+                max_bytes=self.settings.max_message_bytes,
+                shutdown_grace=self.settings.shutdown_grace,
+                tokens=self.tokens,
+                protect_health=self.settings.auth_health,
+                gate=self.inference_gate,
+                tracing=self.tracing,
+                access_log=self.access_log,
+            )
+            try:
+                await self.http.start(
+                    self.settings.host, max(self.settings.http_port, 0), self._ssl_context()
+                )
+            except BaseException:
+                await server.stop(0)  # nothing is served half-started
+                self._server = None
+                raise
+            log.info("HTTP/REST on %s:%d", self.settings.host, self.http.port)
         self._loading = asyncio.get_running_loop().create_task(self._load())
         return self.port
 

@@ -85,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings))
+        try:
+            runner.run(serve(settings))
+        except OSError as exc:  # a port that cannot be listened on
+            print(f"torchwire: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

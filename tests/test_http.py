@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -395,3 +398,16 @@ def test_http_port_setting() -> None:
     assert Settings().http_port == 8000
     with pytest.raises(ValueError, match=r"http_port must be -1\.\.65535"):
         Settings(http_port=70000)
+
+
+def test_a_busy_http_port_is_a_clear_error_and_nothing_keeps_running() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        command = [sys.executable, "-m", "torchwire.server", "serve", "--host", "127.0.0.1", "--port", "0"]
+        command += ["--http-port", str(port), "--metrics-port", "0", "--torch-threads", "1"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -62,9 +62,12 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise OSError(
+            exc.errno,
+            f"cannot listen for HTTP on {host}:{port}: {exc.strerror} (--http-port 0 turns HTTP off)",
+        ) from exc
     return sock
 
 
