@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.http.aio as aioclient
 from certs import Certs, make_certs
 from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
@@ -89,6 +90,13 @@ def simple_body(a: Any = None, b: Any = None, **extra: Any) -> bytes:
         },
     ]
     return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def grpc_stub(server: RunningServer) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
@@ -208,6 +216,11 @@ def test_errors_are_json_with_the_right_status_and_the_server_keeps_serving(serv
             400,
             "4 bytes after",
         ),
+        ("POST", infer, b"[" * 100_000 + b"]" * 100_000, {}, 400, "RecursionError"),
+        ("POST", infer, simple_body(a=_nested(900)), {}, 400, "not a regular array"),
+        ("POST", infer, simple_body(outputs=5), {}, 400, "request.outputs must be a JSON array"),
+        ("POST", infer, simple_body(outputs=[{"name": "NOPE"}]), {}, 400, "requested output 'NOPE'"),
+        ("POST", infer, simple_body(parameters={"priority": [1]}), {}, 400, "parameters.priority must be"),
         ("GET", infer, None, {}, 405, "Method Not Allowed"),
         ("GET", "/v2/models/simple/nothing", None, {}, 404, "Not Found"),
         ("GET", "/v2/models/nope/config", None, {}, 404, "'nope'"),
@@ -276,6 +289,26 @@ def test_tritonclient_http_infers_with_json_and_binary_data(
     assert result.get_response()["id"] == "7"
     everything = triton.infer("simple", inputs)  # no outputs named: all of them, in binary
     np.testing.assert_array_equal(everything.as_numpy("OUTPUT1"), A - B)
+    gzipped = triton.infer("simple", inputs, request_compression_algorithm="gzip")
+    np.testing.assert_array_equal(gzipped.as_numpy("OUTPUT0"), A + B)
+
+
+def test_tritonclient_http_aio_client(server: RunningServer) -> None:
+    async def run() -> Any:
+        client = aioclient.InferenceServerClient(server.http_target)
+        try:
+            assert await client.is_server_ready()
+            given = [
+                aioclient.InferInput("INPUT0", [1, 16], "INT32"),
+                aioclient.InferInput("INPUT1", [1, 16], "INT32"),
+            ]
+            given[0].set_data_from_numpy(A)
+            given[1].set_data_from_numpy(B, binary_data=False)
+            return (await client.infer("simple", given)).as_numpy("OUTPUT1")
+        finally:
+            await client.close()
+
+    np.testing.assert_array_equal(asyncio.run(run()), A - B)
 
 
 def test_tritonclient_http_fp32_model_matches_grpc(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf import json_format
@@ -11,6 +12,13 @@ from google.protobuf.message import Message
 from torchwire.client._proto import grpc_service_pb2 as pb
 
 from ..errors import InvalidRequest
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
+        raise InvalidRequest(f"request body is not valid JSON: {type(exc).__name__}: {exc}") from exc
 
 
 def plain(message: Message) -> dict[str, Any]:
@@ -30,12 +38,12 @@ def plain(message: Message) -> dict[str, Any]:
     return out
 
 
-def _repeated(field: FieldDescriptor) -> bool:
+def _repeated(field: Any) -> bool:  # the pure-Python or the upb descriptor
     flag = getattr(field, "is_repeated", None)  # protobuf 6 deprecates `label` in favour of it
     return flag if isinstance(flag, bool) else field.label == FieldDescriptor.LABEL_REPEATED
 
 
-def _value(field: FieldDescriptor, value: Any) -> Any:
+def _value(field: Any, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return plain(value)
     if field.type == FieldDescriptor.TYPE_ENUM:

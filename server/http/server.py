@@ -185,10 +185,7 @@ class HttpServer:
         body = await self._body(request)
         if not body.strip():
             return None
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+        return messages.parse_json(body)
 
     # --- health and metadata -------------------------------------------------------------------
 

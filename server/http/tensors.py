@@ -20,7 +20,7 @@ from torchwire.client import _codec
 from torchwire.client._proto import grpc_service_pb2 as pb
 
 from ..errors import InvalidRequest, Unsupported
-from .messages import json_parameters
+from .messages import json_parameters, parse_json
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
 BINARY_SIZE: Final = "binary_data_size"  # input/output parameter: this tensor's bytes follow the JSON
@@ -58,7 +58,7 @@ _JSON_NAMES: Final = {"str": "string", "list": "array", "dict": "object", "int":
 
 
 def _shape(tensor: Mapping[str, Any], where: str) -> list[int]:
-    shape = _field(tensor, "shape", list, where)
+    shape: list[int] = _field(tensor, "shape", list, where)
     if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in shape):
         raise InvalidRequest(f"{where}.shape must be an array of non-negative integers, got {shape}")
     return shape
@@ -125,10 +125,7 @@ def parse_infer(body: bytes, header_length: str | None, model_name: str, model_v
             )
         view = memoryview(body)
         header_bytes, binary = view[:length].tobytes(), view[length:]
-    try:
-        header = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    header = parse_json(header_bytes)
     if not isinstance(header, dict):
         raise InvalidRequest("request body must be a JSON object")
     request = pb.ModelInferRequest(model_name=model_name, model_version=model_version)
@@ -168,7 +165,7 @@ def parse_infer(body: bytes, header_length: str | None, model_name: str, model_v
         )
     binary_outputs: set[str] = set()
     json_outputs: set[str] = set()
-    for i, output in enumerate(header.get("outputs") or ()):
+    for i, output in enumerate(_field(header, "outputs", list, "request") if "outputs" in header else ()):
         where = f"outputs[{i}]"
         if not isinstance(output, dict):
             raise InvalidRequest(f"{where} must be a JSON object")
