@@ -76,7 +76,7 @@ class Settings:
     auth_health: bool = _opt(False, "require the token for grpc.health.v1 too (Kubernetes probes send none)")
     auth_reflection: bool = _opt(True, "require the token for server reflection")
     max_concurrent_rpcs: int = _opt(
-        0, "inference RPCs handled at once; more get RESOURCE_EXHAUSTED (0: no limit)"
+        0, "inference calls (gRPC and HTTP) handled at once; more get RESOURCE_EXHAUSTED or 429 (0: no limit)"
     )
     max_streams: int = _opt(0, "ModelStreamInfer streams open at once (0: no limit)")
     max_tensor_elements: int = _opt(2**26, "elements one input tensor may have")

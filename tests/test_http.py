@@ -25,6 +25,7 @@ from certs import Certs, make_certs
 from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
+from modelgen import Spinner, spinner_config, write_model
 from serving import RunningServer, running_server, wait_until
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -444,3 +445,23 @@ def test_a_busy_http_port_is_a_clear_error_and_nothing_keeps_running() -> None:
     assert result.returncode == 1, result.stderr
     assert f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_max_concurrent_rpcs_counts_grpc_and_http_calls_together(tmp_path: Path) -> None:
+    write_model(tmp_path, "spin", Spinner(), spinner_config("spin", ""))
+    with running_server(tmp_path, http_port=-1, torch_threads=1, max_concurrent_rpcs=1) as server:
+        channel, stub = grpc_stub(server)
+        with channel:
+            busy = pb.ModelInferRequest(model_name="spin")
+            busy.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 2])
+            busy.raw_input_contents.append(np.array([[8_000, 1.0]], "<f4").tobytes())
+            running = stub.ModelInfer.future(busy, timeout=120)
+            wait_until(lambda: server.queue_state("spin")[1] == 1, "the gRPC call is computing")
+            body = json.dumps(
+                {"inputs": [{"name": "INPUT__0", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]}]}
+            ).encode()
+            answer = call(server.http_target, "POST", "/v2/models/spin/infer", body)
+            assert answer[0] == 429
+            assert "1 inference calls in progress, the limit set by --max-concurrent-rpcs" in error_of(answer)
+            running.result()
+            assert call(server.http_target, "POST", "/v2/models/spin/infer", body)[0] == 200
