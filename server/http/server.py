@@ -45,9 +45,12 @@ def _json(value: Any) -> web.Response:
     )
 
 
-def _flag(value: bool) -> web.Response:
-    # KServe: a health answer is its status, 200 for true and 4xx for false, with an empty body.
-    return web.Response(status=200 if value else 400)
+def _flag(key: str, value: bool) -> web.Response:
+    # The v2 REST API: a health answer is its status, 200 for true and 4xx for false (all tritonclient
+    # reads); KServe's own client also reads a body like its server's, {"live": true}.
+    response = _json({key: value})
+    response.set_status(200 if value else 400)
+    return response
 
 
 def _model(request: web.Request) -> tuple[str, str]:
@@ -190,14 +193,14 @@ class HttpServer:
     # --- health and metadata -------------------------------------------------------------------
 
     async def live(self, request: web.Request) -> web.Response:
-        return _flag(self._core.server_live().live)
+        return _flag("live", self._core.server_live().live)
 
     async def ready(self, request: web.Request) -> web.Response:
-        return _flag(self._core.server_ready().ready and not self.draining)
+        return _flag("ready", self._core.server_ready().ready and not self.draining)
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        return _flag(self._core.model_ready(pb.ModelReadyRequest(name=name, version=version)).ready)
+        return _flag("ready", self._core.model_ready(pb.ModelReadyRequest(name=name, version=version)).ready)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         answer = messages.plain(self._core.server_metadata())
