@@ -1,12 +1,13 @@
 """Requests per second through the HTTP/REST port against the gRPC port of one `torchwire serve`.
 
-    .venv/bin/python benchmarks/http_vs_grpc.py [--seconds 3] [--concurrency 16] [--rounds 2]
+    .venv/bin/python benchmarks/http_vs_grpc.py [--seconds 2] [--concurrency 16] [--rounds 7]
 
 The server runs as its own process (uvloop, metrics off, one torch thread); this process drives it
 with `--concurrency` requests in flight on one asyncio loop: grpc.aio for gRPC, an aiohttp client
 session (keep-alive) for HTTP. The kinds alternate round by round, so each ratio's halves are
-seconds apart. Measured: readiness (ServerReady against GET /v2/health/ready) and inference of the
-`simple` model (1x16 INT32 inputs), gRPC raw bytes against HTTP JSON and HTTP binary tensors.
+seconds apart, and each ratio is the median of its per-round ratios. Measured: readiness
+(ServerReady against GET /v2/health/ready) and inference of the `simple` model (1x16 INT32
+inputs), gRPC raw bytes against HTTP JSON and HTTP binary tensors.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -37,8 +39,19 @@ def free_port() -> int:
         return port
 
 
-async def rate(call: Callable[[], Awaitable[None]], concurrency: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def rate(
+    call: Callable[[], Awaitable[None]], concurrency: int, seconds: float, pid: int
+) -> tuple[float, float]:
+    """Requests per second, and the server's CPU microseconds per request."""
     done = 0
+    cpu = cpu_seconds(pid)
     stop = time.monotonic() + seconds
 
     async def worker() -> None:
@@ -49,10 +62,12 @@ async def rate(call: Callable[[], Awaitable[None]], concurrency: int, seconds: f
 
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.monotonic() - start)
+    return done / (time.monotonic() - start), (cpu_seconds(pid) - cpu) * 1e6 / done
 
 
-async def measure(grpc_port: int, http_port: int, seconds: float, concurrency: int, rounds: int) -> None:
+async def measure(
+    grpc_port: int, http_port: int, seconds: float, concurrency: int, rounds: int, pid: int
+) -> None:
     a = np.arange(16, dtype="<i4").reshape(1, 16)
     infer = pb.ModelInferRequest(model_name="simple")
     for name in ("INPUT0", "INPUT1"):
@@ -115,28 +130,34 @@ async def measure(grpc_port: int, http_port: int, seconds: float, concurrency: i
             "infer  HTTP binary": http_binary,
         }
         for call in kinds.values():  # warm up every path (connections, caches)
-            await rate(call, concurrency, 0.5)
+            await rate(call, concurrency, 0.5, pid)
         results: dict[str, list[float]] = {name: [] for name in kinds}
+        costs: dict[str, list[float]] = {name: [] for name in kinds}
         for _ in range(rounds):
             for name, call in kinds.items():
-                results[name].append(await rate(call, concurrency, seconds))
-    grpc_ready_rate = sum(results["ready  gRPC"]) / rounds
-    grpc_infer_rate = sum(results["infer  gRPC"]) / rounds
-    print(f"concurrency {concurrency}, {rounds} rounds of {seconds:g} s each, req/s (mean of rounds)")
+                per_second, cpu_us = await rate(call, concurrency, seconds, pid)
+                results[name].append(per_second)
+                costs[name].append(cpu_us)
+    # The machine is shared: rates swing between rounds, so each ratio is taken within its round
+    # (halves seconds apart) and the median over rounds is reported. The server's CPU time per request
+    # depends far less on what else runs.
+    print(f"concurrency {concurrency}, {rounds} rounds of {seconds:g} s per kind; medians over rounds")
+    print(f"  {'':<20} {'req/s':>9} {'of gRPC':>8} {'server CPU us/req':>18} {'of gRPC':>8}")
     for name, rates in results.items():
-        mean = sum(rates) / len(rates)
-        reference = grpc_ready_rate if name.startswith("ready") else grpc_infer_rate
+        base = "ready  gRPC" if name.startswith("ready") else "infer  gRPC"
+        ratios = [r / g for r, g in zip(rates, results[base], strict=True)]
+        cost_ratios = [c / g for c, g in zip(costs[name], costs[base], strict=True)]
         print(
-            f"  {name:<20} {mean:9.0f}   x{mean / reference:.2f} of gRPC   "
-            f"rounds: {[round(r) for r in rates]}"
+            f"  {name:<20} {statistics.median(rates):9.0f} {statistics.median(ratios):8.2f} "
+            f"{statistics.median(costs[name]):18.0f} {statistics.median(cost_ratios):8.2f}"
         )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     grpc_port, http_port = free_port(), free_port()
     command = [sys.executable, "-m", "torchwire.server", "serve", "--host", "127.0.0.1"]
@@ -150,7 +171,7 @@ def main() -> int:
                 break
         else:
             raise SystemExit("the server did not start")
-        uvloop.run(measure(grpc_port, http_port, args.seconds, args.concurrency, args.rounds))
+        uvloop.run(measure(grpc_port, http_port, args.seconds, args.concurrency, args.rounds, server.pid))
     finally:
         server.terminate()
         server.wait(timeout=60)
