@@ -466,3 +466,16 @@ def test_max_concurrent_rpcs_counts_grpc_and_http_calls_together(tmp_path: Path)
             assert "1 inference calls in progress, the limit set by --max-concurrent-rpcs" in error_of(answer)
             running.result()
             assert call(server.http_target, "POST", "/v2/models/spin/infer", body)[0] == 200
+
+
+def test_large_json_tensors_answer_as_binary_ones(triton: httpclient.InferenceServerClient) -> None:
+    # Some 2 MB of JSON each way: parsed and written off the event loop, with the same result.
+    x = np.random.default_rng(5).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    answers = []
+    for binary in (False, True):
+        given = httpclient.InferInput("INPUT__0", list(x.shape), "FP32")
+        given.set_data_from_numpy(x, binary_data=binary)
+        wanted = httpclient.InferRequestedOutput("OUTPUT__0", binary_data=binary)
+        answers.append(triton.infer("cnn", [given], outputs=[wanted]).as_numpy("OUTPUT__0"))
+    np.testing.assert_allclose(answers[0], answers[1], rtol=1e-6)
+    assert answers[0].shape == (8, 10)

@@ -8,6 +8,7 @@ same objects gRPC uses. Errors leave through status.py's table as `{"error": "..
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -36,6 +37,9 @@ log = logging.getLogger("torchwire.http")
 HEALTH_PATHS: Final = ("/v2/health/live", "/v2/health/ready")
 DENIED: Final = "missing or invalid bearer token (send the header `Authorization: Bearer <token>`)"
 EXTENSIONS: Final = ("binary_tensor_data",)  # beside the core's, what this transport adds
+# JSON text takes milliseconds per MiB to parse or write: larger bodies are handled on a worker
+# thread, so that the loop keeps answering other requests between the thread's GIL switches.
+LARGE_JSON: Final = 1 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -172,17 +176,19 @@ class HttpServer:
             status, message = status_of(exc)
             return error_response(status, message)
 
-    async def _body(self, request: web.Request) -> bytes:
-        too_large = BodyTooLarge(
-            f"request body of {request.content_length or 'more than ' + str(self._max_bytes)} bytes is over "
-            f"the limit of {self._max_bytes} set by {setting_name('max_message_bytes')}"
+    def _too_large(self, size: int | None) -> BodyTooLarge:
+        return BodyTooLarge(
+            f"request body of {size or 'more than ' + str(self._max_bytes)} bytes is over the limit of "
+            f"{self._max_bytes} set by {setting_name('max_message_bytes')}"
         )
+
+    async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self._max_bytes:
-            raise too_large
+            raise self._too_large(request.content_length)
         try:
             return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+        except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked, or compressed)
+            raise self._too_large(None) from None
 
     async def _json_body(self, request: web.Request) -> Any:
         body = await self._body(request)
@@ -259,12 +265,25 @@ class HttpServer:
 
     async def _infer(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        body = parse_infer(await self._body(request), request.headers.get(HEADER_LENGTH), name, version)
+        raw = await self._body(request)
+        length = request.headers.get(HEADER_LENGTH)
+        if len(raw) < LARGE_JSON or (length is not None and length.isdigit() and int(length) < LARGE_JSON):
+            body = parse_infer(raw, length, name, version)
+        else:
+            body = await asyncio.to_thread(parse_infer, raw, length, name, version)
         if not self._tracing.enabled and not self._access.sample:
             response = await self._core.infer(body.request)  # the plain path: nothing observed per request
         else:
             response = await self._observed_infer(body, request)
-        data, header_length = infer_response(response, body)
+        as_text = (
+            len(r)
+            for t, r in zip(response.outputs, response.raw_output_contents, strict=True)
+            if not body.binary(t.name)
+        )
+        if sum(as_text) < LARGE_JSON // 4:  # JSON text is some 4 times the bytes
+            data, header_length = infer_response(response, body)
+        else:
+            data, header_length = await asyncio.to_thread(infer_response, response, body)
         if header_length is None:
             return web.Response(body=data, content_type="application/json")
         return web.Response(

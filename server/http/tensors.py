@@ -45,6 +45,10 @@ class InferBody:
     binary_outputs: frozenset[str]  # outputs to answer as binary data
     all_binary: bool  # every output not named otherwise answers as binary data
 
+    def binary(self, output: str) -> bool:
+        """Whether this output answers as binary data after the JSON header."""
+        return self.all_binary or output in self.binary_outputs
+
 
 def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = obj.get(key)
@@ -67,7 +71,7 @@ def _shape(tensor: Mapping[str, Any], where: str) -> list[int]:
 def json_to_raw(datatype: str, shape: Sequence[int], data: Any, name: str) -> bytes:
     """A tensor's JSON `data` (flat or nested, row-major) as its raw wire bytes: the one JSON decode."""
     if datatype == "BYTES":
-        raise Unsupported(f"input '{name}': BYTES tensors are not supported")
+        raise Unsupported(f"input '{name}': BYTES tensors in JSON are not supported; send binary data")
     kinds = _ACCEPTED_KINDS.get(datatype)
     if kinds is None:
         raise InvalidRequest(f"input '{name}': unknown datatype '{datatype}'")
@@ -193,7 +197,7 @@ def infer_response(response: pb.ModelInferResponse, body: InferBody) -> tuple[by
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
-        if body.all_binary or tensor.name in body.binary_outputs:
+        if body.binary(tensor.name):
             entry["parameters"] = {BINARY_SIZE: len(raw)}
             parts.append(raw)
         else:
@@ -211,6 +215,8 @@ def infer_response(response: pb.ModelInferResponse, body: InferBody) -> tuple[by
 
 def raw_to_json(datatype: str, shape: Sequence[int], raw: bytes, name: str) -> list[Any]:
     """A tensor's raw bytes as a flat, row-major JSON array (as Triton answers)."""
+    if datatype == "BYTES":  # the output side of json_to_raw's BYTES
+        raise Unsupported(f"output '{name}': BYTES tensors in JSON are not supported; ask for binary_data")
     values = _codec.from_raw(datatype, shape, raw, name)
     if datatype == "BF16":
         values = _codec.bf16_to_float32(values)
