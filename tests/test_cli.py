@@ -69,7 +69,8 @@ def _serve(command: Sequence[str] = (str(TORCHWIRE),), **variables: str) -> Iter
         **os.environ,
         "TORCHWIRE_HOST": "127.0.0.1",
         "TORCHWIRE_PORT": "0",
-        "TORCHWIRE_HTTP_PORT": "-1",
+        "TORCHWIRE_HTTP_PORT": "-1",  # free ports: a fixed one may be taken on a shared machine
+        "TORCHWIRE_METRICS_PORT": "-1",
         "TORCHWIRE_TORCH_THREADS": "1",
     }
     env |= {f"TORCHWIRE_{name.upper()}": value for name, value in variables.items()}

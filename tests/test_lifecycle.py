@@ -252,6 +252,9 @@ def test_sigterm_under_load_drains_and_exits_zero(scaled_repo: Path) -> None:
         **os.environ,
         "TORCHWIRE_HOST": "127.0.0.1",
         "TORCHWIRE_PORT": "0",
+        # Free ports: a fixed one (8000, 8002 by default) may be taken on a shared machine.
+        "TORCHWIRE_HTTP_PORT": "-1",
+        "TORCHWIRE_METRICS_PORT": "-1",
         "TORCHWIRE_TORCH_THREADS": "1",
         "TORCHWIRE_DRAIN_DELAY_S": "1.5",
         "TORCHWIRE_SHUTDOWN_GRACE": "20",
