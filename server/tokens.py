@@ -1,13 +1,16 @@
 """Bearer tokens: read once from --auth-token-file, checked in constant time, never logged.
 
 Both transports ask the same question here: gRPC of its `authorization` metadata, HTTP of its
-`Authorization` header.
+`Authorization` header. A refusal is the typed `Unauthenticated` error, which each transport's one
+error boundary answers (UNAUTHENTICATED, 401).
 """
 
 from __future__ import annotations
 
 import hmac
 from pathlib import Path
+
+from .core.errors import Unauthenticated
 
 SCHEME = "Bearer "
 
@@ -18,6 +21,11 @@ def read_tokens(path: Path) -> list[bytes]:
     if not found:
         raise ValueError(f"auth_token_file {path} holds no token")
     return found
+
+
+def refusal(how: str) -> Unauthenticated:
+    """The error of a call without a valid token; `how` says how this transport carries one."""
+    return Unauthenticated(f"missing or invalid bearer token (send {how})")
 
 
 class BearerTokens:
@@ -33,3 +41,8 @@ class BearerTokens:
         for token in self._tokens:  # no early exit: the time taken does not depend on which matched
             valid |= hmac.compare_digest(given, token)
         return valid and bool(given)
+
+    def check(self, authorization: object, how: str) -> None:
+        """Raise Unauthenticated unless `authorization` carries one of the tokens."""
+        if not self.accepts(authorization):
+            raise refusal(how)

@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
-from ..errors import InvalidRequest
+from ..core.errors import InvalidRequest
 
 
 def parse_json(body: bytes) -> Any:

@@ -22,20 +22,21 @@ from opentelemetry import trace
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
-from ..core import InferenceCore
-from ..errors import InvalidRequest
-from ..limits import Gate, setting_name
+from ..core.errors import InvalidRequest
+from ..core.limits import Gate, setting_name
+from ..core.service import InferenceCore
 from ..observability.logs import AccessLog
 from ..observability.tracing import Tracing
+from ..rpc.handlers import Admission
 from ..tokens import BearerTokens
 from . import messages
-from .status import BodyTooLarge, code_of, error_response, status_of
+from .status import BodyTooLarge, code_of, error_response, json_error
 from .tensors import HEADER_LENGTH, InferBody, infer_response, parse_infer
 
 log = logging.getLogger("torchwire.http")
 
 HEALTH_PATHS: Final = ("/v2/health/live", "/v2/health/ready")
-DENIED: Final = "missing or invalid bearer token (send the header `Authorization: Bearer <token>`)"
+HOW: Final = "the header `Authorization: Bearer <token>`"  # how a token is sent, for a refusal
 EXTENSIONS: Final = ("binary_tensor_data",)  # beside the core's, what this transport adds
 # JSON text takes milliseconds per MiB to parse or write: larger bodies are handled on a worker
 # thread, so that the loop keeps answering other requests between the thread's GIL switches.
@@ -61,20 +62,19 @@ def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info["name"], request.match_info.get("version", "")
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def _listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # as gRPC's port: shared only beside processes that ask the same
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-    except OSError as exc:
+    except OSError:
         sock.close()
-        raise OSError(
-            exc.errno,
-            f"cannot listen for HTTP on {host}:{port}: {exc.strerror} (--http-port 0 turns HTTP off)",
-        ) from exc
+        raise
     return sock
 
 
@@ -90,6 +90,7 @@ class HttpServer:
         tokens: BearerTokens | None = None,
         protect_health: bool = False,
         gate: Gate | None = None,
+        admission: Admission | None = None,
         tracing: Tracing | None = None,
         access_log: AccessLog | None = None,
     ) -> None:
@@ -99,6 +100,7 @@ class HttpServer:
         self._tokens = tokens
         self._open_paths = () if protect_health else HEALTH_PATHS
         self._gate = gate
+        self._admission = admission
         self._tracing = tracing or Tracing(enabled=False)
         self._access = access_log or AccessLog(0.0)
         self._runner: web.AppRunner | None = None
@@ -134,12 +136,18 @@ class HttpServer:
             )
         return app
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+    async def start(
+        self, host: str, port: int, ssl_context: ssl.SSLContext | None = None, *, reuse_port: bool = False
+    ) -> int:
         runner = web.AppRunner(
             self.application(), access_log=None, handle_signals=False, shutdown_timeout=self._grace
         )
         await runner.setup()
-        sock = _listening_socket(host, port)
+        try:
+            sock = _listening_socket(host, port, reuse_port)
+        except OSError:
+            await runner.cleanup()
+            raise
         self.port = sock.getsockname()[1]
         try:
             await web.SockSite(runner, sock, ssl_context=ssl_context).start()
@@ -158,23 +166,20 @@ class HttpServer:
 
     @web.middleware
     async def _boundary(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if (
-            self._tokens is not None
-            and request.path not in self._open_paths
-            and not self._tokens.accepts(request.headers.get("Authorization"))
-        ):
-            denied = error_response(401, DENIED)
-            denied.headers["WWW-Authenticate"] = "Bearer"
-            return denied
         try:
+            if self._tokens is not None and request.path not in self._open_paths:
+                self._tokens.check(request.headers.get("Authorization"), HOW)
+            # Once the server closes (as gRPC's calls, through the same Admission), every call but a
+            # health probe is refused with 503, so that none is cut off by the stop.
+            if self._admission is not None and request.path not in HEALTH_PATHS:
+                self._admission.admit()
             return await handler(request)
         except web.HTTPException as exc:  # aiohttp's own answers: no such path, method not allowed
             if exc.status < 400:
                 raise
-            return error_response(exc.status, f"{exc.reason}: {request.method} {request.path}")
+            return json_error(exc.status, f"{exc.reason}: {request.method} {request.path}")
         except Exception as exc:
-            status, message = status_of(exc)
-            return error_response(status, message)
+            return error_response(exc)
 
     def _too_large(self, size: int | None) -> BodyTooLarge:
         return BodyTooLarge(
@@ -294,12 +299,15 @@ class HttpServer:
         start = time.perf_counter()
         code = 200
         message = body.request
+        version = message.model_version  # "" (the highest) until the answer names the one that ran
         headers = [(key.lower(), value) for key, value in request.headers.items()]
         with self._tracing.rpc_span("ModelInfer", headers, system="http") as span:
             try:
-                return await self._core.infer(
+                response = await self._core.infer(
                     message, lambda completed: self._tracing.record(span, message.model_name, completed)
                 )
+                version = response.model_version
+                return response
             except Exception as exc:
                 code = code_of(exc)
                 if span is not None:
@@ -309,5 +317,11 @@ class HttpServer:
                 if self._access.wanted():
                     elapsed = time.perf_counter() - start
                     self._access.log(
-                        "HTTP infer", message.model_name, str(code), elapsed, request.remote or "-"
+                        "HTTP infer",
+                        message.model_name,
+                        version,
+                        str(code),
+                        elapsed,
+                        request.remote or "-",
+                        message.id,
                     )

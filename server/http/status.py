@@ -1,21 +1,21 @@
 """The one boundary where domain errors become HTTP statuses, answered in the v2 REST error format.
 
-The statuses follow the standard gRPC-to-HTTP mapping (as grpc-gateway publishes it) of the codes
-rpc/status.py gives the same errors, so an error means the same thing on both ports. Only a body over
-the size limit is told apart: 413, where gRPC says RESOURCE_EXHAUSTED.
+The table gives each `core.errors` class the status the standard gRPC-to-HTTP mapping (as
+grpc-gateway publishes it) gives the code rpc/status.py maps it to, so an error means the same thing
+on both ports. Only a body over the size limit is told apart: 413, where gRPC says RESOURCE_EXHAUSTED.
+What a caller may read of an error, and that an unexpected one is logged once, is rpc/status.py's
+rule, used here as it is.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from typing import Final
 
 from aiohttp import web
 
-from .. import errors
-
-log = logging.getLogger("torchwire.http")
+from ..core import errors
+from ..rpc import status as rpc_status
 
 
 class BodyTooLarge(errors.LimitExceeded):
@@ -34,24 +34,26 @@ STATUS: Final[dict[type[errors.TorchwireError], int]] = {
     errors.Unsupported: 501,
     errors.NotAllowed: 400,
     errors.ConfigError: 503,
+    errors.Unauthenticated: 401,
+    errors.ShuttingDown: 503,
 }
-
-INTERNAL_MESSAGE: Final = "internal server error (logged on the server)"
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps({"error": message}).encode(), content_type="application/json"
-    )
 
 
 def code_of(exc: BaseException) -> int:
     return STATUS.get(type(exc), 500) if isinstance(exc, errors.TorchwireError) else 500
 
 
-def status_of(exc: BaseException) -> tuple[int, str]:
-    """The status and message a caller sees; unexpected errors are logged once and stay private."""
-    if isinstance(exc, errors.TorchwireError):
-        return code_of(exc), str(exc)
-    log.exception("unexpected error while serving an HTTP request", exc_info=exc)
-    return 500, INTERNAL_MESSAGE
+def json_error(status: int, message: str) -> web.Response:
+    """An error as the v2 REST API answers it: the status, and `{"error": message}`."""
+    return web.Response(
+        status=status, body=json.dumps({"error": message}).encode(), content_type="application/json"
+    )
+
+
+def error_response(exc: BaseException) -> web.Response:
+    """The answer to a request that raised `exc`."""
+    _, message = rpc_status.answer(exc)  # logs an unexpected error, once, and keeps it private
+    response = json_error(code_of(exc), message)
+    if isinstance(exc, errors.Unauthenticated):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response

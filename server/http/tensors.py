@@ -19,7 +19,7 @@ import numpy.typing as npt
 from torchwire.client import _codec
 from torchwire.client._proto import grpc_service_pb2 as pb
 
-from ..errors import InvalidRequest, Unsupported
+from ..core.errors import InvalidRequest, Unsupported
 from .messages import json_parameters, parse_json
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"

@@ -1,4 +1,4 @@
-"""Bearer-token authentication for every RPC, compared in constant time; tokens are never logged.
+"""Bearer-token authentication for every RPC (the check itself is tokens.py's, shared with HTTP).
 
 Health stays open by default (Kubernetes probes carry no token); reflection follows a setting.
 """
@@ -11,18 +11,20 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ..tokens import BearerTokens
+from ..tokens import BearerTokens, refusal
 from .health import HEALTH_SERVICE
+from .status import guarded
 
 REFLECTION_PREFIX = "/grpc.reflection."
-DENIED = "missing or invalid bearer token (send metadata `authorization: Bearer <token>`)"
+HOW = "metadata `authorization: Bearer <token>`"
 
 
+@guarded
 async def _deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+    raise refusal(HOW)
 
 
-def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _denying(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
     codec = {
         "request_deserializer": handler.request_deserializer,
@@ -37,7 +39,7 @@ def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(_deny, **codec)
 
 
-class TokenAuth(grpc.aio.ServerInterceptor):
+class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
     def __init__(self, tokens: BearerTokens, *, protect_health: bool, protect_reflection: bool) -> None:
         self._tokens = tokens
         self._open: tuple[str, ...] = ()
@@ -55,9 +57,9 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         if (
             handler is None
