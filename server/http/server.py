@@ -13,12 +13,10 @@ import json
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from aiohttp import web
-from opentelemetry import trace
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
@@ -26,12 +24,13 @@ from ..core.errors import InvalidRequest
 from ..core.limits import Gate, setting_name
 from ..core.service import InferenceCore
 from ..observability.logs import AccessLog
+from ..observability.observed import Observer, Transport
 from ..observability.tracing import Tracing
 from ..rpc.handlers import Admission
 from ..tokens import BearerTokens
 from . import messages
 from .status import BodyTooLarge, code_of, error_response, json_error
-from .tensors import HEADER_LENGTH, InferBody, infer_response, parse_infer
+from .tensors import HEADER_LENGTH, infer_response, parse_infer
 
 log = logging.getLogger("torchwire.http")
 
@@ -101,8 +100,11 @@ class HttpServer:
         self._open_paths = () if protect_health else HEALTH_PATHS
         self._gate = gate
         self._admission = admission
-        self._tracing = tracing or Tracing(enabled=False)
-        self._access = access_log or AccessLog(0.0)
+        self._observer = Observer(
+            tracing or Tracing(enabled=False),
+            access_log or AccessLog(0.0),
+            Transport("http", "HTTP infer", "200", lambda exc: str(code_of(exc))),
+        )
         self._runner: web.AppRunner | None = None
         self.draining = False  # readiness answers false from the start of a drain
         self.port = 0
@@ -276,10 +278,13 @@ class HttpServer:
             body = parse_infer(raw, length, name, version)
         else:
             body = await asyncio.to_thread(parse_infer, raw, length, name, version)
-        if not self._tracing.enabled and not self._access.sample:
+        if self._observer.idle:
             response = await self._core.infer(body.request)  # the plain path: nothing observed per request
         else:
-            response = await self._observed_infer(body, request)
+            headers = [(key.lower(), value) for key, value in request.headers.items()]
+            response = await self._observer.infer(
+                self._core.infer, body.request, headers, request.remote or "-"
+            )
         as_text = (
             len(r)
             for t, r in zip(response.outputs, response.raw_output_contents, strict=True)
@@ -294,34 +299,3 @@ class HttpServer:
         return web.Response(
             body=data, content_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)}
         )
-
-    async def _observed_infer(self, body: InferBody, request: web.Request) -> pb.ModelInferResponse:
-        start = time.perf_counter()
-        code = 200
-        message = body.request
-        version = message.model_version  # "" (the highest) until the answer names the one that ran
-        headers = [(key.lower(), value) for key, value in request.headers.items()]
-        with self._tracing.rpc_span("ModelInfer", headers, system="http") as span:
-            try:
-                response = await self._core.infer(
-                    message, lambda completed: self._tracing.record(span, message.model_name, completed)
-                )
-                version = response.model_version
-                return response
-            except Exception as exc:
-                code = code_of(exc)
-                if span is not None:
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(code)))
-                raise
-            finally:
-                if self._access.wanted():
-                    elapsed = time.perf_counter() - start
-                    self._access.log(
-                        "HTTP infer",
-                        message.model_name,
-                        version,
-                        str(code),
-                        elapsed,
-                        request.remote or "-",
-                        message.id,
-                    )
