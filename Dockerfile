@@ -34,6 +34,6 @@ COPY --from=build /opt/torchwire /opt/torchwire
 COPY --from=build /src/models /models
 RUN useradd --system --uid 10001 --no-create-home torchwire
 USER 10001
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 # Exec form: torchwire is PID 1 and receives SIGTERM itself, for a graceful stop.
 ENTRYPOINT ["torchwire", "serve"]

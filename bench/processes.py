@@ -123,9 +123,9 @@ def torchwire_process(
         command += ["--model-repository", str(repository)]
     if torch_threads:
         command += ["--torch-threads", str(torch_threads)]
-    # Metrics stay on as by default (their cost is part of serving), on a free port so that a
+    # Metrics and HTTP stay on as by default (their cost is part of serving), on free ports so that a
     # server already running here cannot make this one fail. An unknown variable is ignored.
-    env = {**os.environ, "TORCHWIRE_METRICS_PORT": "-1"}
+    env = {**os.environ, "TORCHWIRE_METRICS_PORT": "-1", "TORCHWIRE_HTTP_PORT": "-1"}
     with _managed(command, env=env) as (proc, log):
         target = f"127.0.0.1:{port}"
         try:

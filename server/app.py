@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,15 +19,17 @@ from torchwire.client._proto import grpc_service_pb2 as pb
 from .core.limits import Gate, Limits
 from .core.registry import Registry
 from .core.service import InferenceCore
+from .http.server import HttpServer
 from .observability.logs import AccessLog
 from .observability.metrics import MetricsServer
 from .observability.tracing import Tracing, configure_exporter
 from .rpc import reflection
-from .rpc.auth import TokenAuth, read_tokens
+from .rpc.auth import TokenAuth
 from .rpc.handlers import Admission, service_handler
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
 from .settings import Settings, default_threads
+from .tokens import BearerTokens, read_tokens
 
 log = logging.getLogger("torchwire")
 
@@ -85,7 +88,18 @@ class App:
         self.admission = Admission()
         self.share_port = False  # bind the gRPC port beside other processes that ask the same
         self.port = 0
+        self.tokens = (
+            BearerTokens(read_tokens(settings.auth_token_file))
+            if settings.auth_token_file is not None
+            else None
+        )
+        self.tracing = Tracing(settings.trace)
+        self.access_log = AccessLog(settings.access_log_sample)
+        # One count of inference calls in progress, whichever port they came in on.
+        limit = settings.max_concurrent_rpcs
+        self.inference_gate = Gate(limit, "max_concurrent_rpcs", "inference calls") if limit else None
         self._server: grpc.aio.Server | None = None
+        self.http: HttpServer | None = None
         self._loading: asyncio.Task[None] | None = None
         self._polling: asyncio.Task[None] | None = None
         self._stopping = False
@@ -114,11 +128,11 @@ class App:
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         settings = self.settings
-        if settings.auth_token_file is None:
+        if self.tokens is None:
             return []
         return [
             TokenAuth(
-                read_tokens(settings.auth_token_file),
+                self.tokens,
                 protect_health=settings.auth_health,
                 protect_reflection=settings.auth_reflection,
             )
@@ -135,19 +149,30 @@ class App:
             require_client_auth=client_ca is not None,
         )
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """The HTTP port's TLS, from the same files and with the same client check as gRPC's."""
+        settings = self.settings
+        if settings.tls_cert is None or settings.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_client_ca is not None:
+            context.load_verify_locations(settings.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(options=self._server_options(), interceptors=self._interceptors())
         servicer = InferenceServicer(
             self.core,
             self.settings.stream_max_in_flight,
-            Tracing(self.settings.trace),
-            AccessLog(self.settings.access_log_sample),
+            self.tracing,
+            self.access_log,
             Gate(self.settings.max_streams, "max_streams", "streams"),
         )
         size = self.settings.max_message_bytes
         # No limit, no gate: unlimited servers pay nothing per request for counting.
-        limit = self.settings.max_concurrent_rpcs
-        rpcs = Gate(limit, "max_concurrent_rpcs", "inference RPCs") if limit else None
+        rpcs = self.inference_gate
         server.add_generic_rpc_handlers(
             (
                 service_handler(
@@ -201,6 +226,11 @@ class App:
                 f"cannot listen on {self.settings.address} for gRPC ({why}): choose another port with "
                 "--port or TORCHWIRE_PORT (0 picks a free one)"
             )
+        # HTTP listens after the listening line, but a taken HTTP port is refused before anything runs.
+        http_port = self.settings.http_port
+        why = _cannot_bind(self.settings.host, http_port) if http_port > 0 and not self.share_port else None
+        if why is not None:
+            raise self._http_refused(why)
         await server.start()
         self._server = server
         await self.health.start()
@@ -214,6 +244,42 @@ class App:
             self.repository,
             type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
+        if self.settings.http_port:
+            await self._start_http()
+
+    def _http_refused(self, why: str | None) -> StartupError:
+        return StartupError(
+            f"cannot listen on {self.settings.host}:{self.settings.http_port} for HTTP ({why}): choose "
+            "another port with --http-port or TORCHWIRE_HTTP_PORT (0 turns HTTP off, -1 picks a free one)"
+        )
+
+    async def _start_http(self) -> None:
+        self.http = HttpServer(
+            self.core,
+            max_bytes=self.settings.max_message_bytes,
+            shutdown_grace=self.settings.shutdown_grace,
+            tokens=self.tokens,
+            protect_health=self.settings.auth_health,
+            gate=self.inference_gate,
+            admission=self.admission,
+            tracing=self.tracing,
+            access_log=self.access_log,
+        )
+        context = self._ssl_context()
+        try:
+            await self.http.start(
+                self.settings.host, max(self.settings.http_port, 0), context, reuse_port=self.share_port
+            )
+        except OSError as exc:  # taken since the check above: nothing is served half-started
+            self.http = None
+            if self._server is not None:
+                await self._server.stop(None)
+                self._server = None
+            if self.metrics is not None:
+                await asyncio.to_thread(self.metrics.stop)
+                self.metrics = None
+            raise self._http_refused(exc.strerror) from exc
+        log.info("HTTP/REST on %s:%d", self.settings.host, self.http.port)
 
     async def _start_metrics(self) -> None:
         port = max(self.settings.metrics_port, 0)
@@ -289,14 +355,21 @@ class App:
             return
         self._stopping = True
         await self.health.drain()
+        if self.http is not None:
+            self.http.draining = True
         if self.settings.drain_delay_s > 0:
             log.info(
                 "draining: NOT_SERVING for %.1f s before closing the listener", self.settings.drain_delay_s
             )
             await asyncio.sleep(self.settings.drain_delay_s)  # the point is to let load balancers notice
-        if self._server is not None:
+        # Both ports close to new calls at once (one Admission), then stop together, each giving the
+        # calls in flight the shutdown grace.
+        if self._server is not None or self.http is not None:
             await self._close_to_new_calls()
-            await self._server.stop(self.settings.shutdown_grace)
+        closing = [self._server.stop(self.settings.shutdown_grace)] if self._server is not None else []
+        if self.http is not None:
+            closing.append(self.http.stop())
+        await asyncio.gather(*closing)
         for task in (self._loading, self._polling):
             if task is not None and not task.done():
                 task.cancel()

@@ -57,6 +57,9 @@ class Settings:
     )
     host: str = _opt("0.0.0.0", "address to listen on")
     port: int = _opt(8001, "gRPC port (0 picks a free one)")
+    http_port: int = _opt(
+        8000, "HTTP/REST port of the same v2 protocol, as Triton serves it (0: off; -1: any free port)"
+    )
     torch_threads: int = _opt(
         0,
         "torch intra-op threads per model instance (0: the cores this process may use, shared "
@@ -74,7 +77,7 @@ class Settings:
     auth_health: bool = _opt(False, "require the token for grpc.health.v1 too (Kubernetes probes send none)")
     auth_reflection: bool = _opt(True, "require the token for server reflection")
     max_concurrent_rpcs: int = _opt(
-        0, "inference RPCs handled at once; more get RESOURCE_EXHAUSTED (0: no limit)"
+        0, "inference calls (gRPC and HTTP) handled at once; more get RESOURCE_EXHAUSTED or 429 (0: no limit)"
     )
     max_streams: int = _opt(0, "ModelStreamInfer streams open at once (0: no limit)")
     max_tensor_elements: int = _opt(2**26, "elements one input tensor may have")
@@ -152,8 +155,9 @@ class Settings:
             raise ValueError(f"max_string_bytes must be >= 0, got {self.max_string_bytes}")
         if self.max_tensor_elements < 1:
             raise ValueError(f"max_tensor_elements must be >= 1, got {self.max_tensor_elements}")
-        if not -1 <= self.metrics_port <= 65535:
-            raise ValueError(f"metrics_port must be -1..65535, got {self.metrics_port}")
+        for name in ("metrics_port", "http_port"):
+            if not -1 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be -1..65535, got {getattr(self, name)}")
         if not 0.0 <= self.access_log_sample <= 1.0:
             raise ValueError(f"access_log_sample must be within 0..1, got {self.access_log_sample}")
         if self.stream_max_in_flight < 1:

@@ -16,6 +16,7 @@ def test_flags_win_over_variables_which_win_over_defaults() -> None:
     settings = settings_module.parse(["--port", "9001"], env)
     assert (settings.port, settings.host, settings.shutdown_grace) == (9001, "127.0.0.1", 2.5)
     assert settings.metrics_port == Settings().metrics_port == 8002
+    assert settings.http_port == Settings().http_port == 8000  # as Triton's HTTP port
 
 
 def test_booleans_and_lists_from_flags_and_variables() -> None:
@@ -37,6 +38,7 @@ def test_a_bad_variable_names_itself() -> None:
         ({"port": 70000}, "port must be 0..65535, got 70000"),
         ({"readiness": "some"}, "readiness must be one of ('all', 'any'), got 'some'"),
         ({"tls_cert": Path("/nonexistent.pem")}, "tls_cert and tls_key go together"),
+        ({"http_port": 70000}, "http_port must be -1..65535, got 70000"),
         ({"access_log_sample": 2.0}, "access_log_sample must be within 0..1, got 2.0"),
         ({"model_repository": Path("/nonexistent")}, "model_repository /nonexistent is not a folder"),
     ],

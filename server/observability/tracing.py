@@ -62,8 +62,9 @@ class Tracing:
 
     @contextlib.contextmanager
     def rpc_span(
-        self, method: str, metadata: Sequence[tuple[str, Any]] | None
+        self, method: str, metadata: Sequence[tuple[str, Any]] | None, *, system: str = "grpc"
     ) -> Iterator[trace.Span | None]:
+        """A span for one call; `metadata` is gRPC's, or HTTP's headers with lowercase names."""
         if self._tracer is None:
             yield None
             return
@@ -72,9 +73,10 @@ class Tracing:
         token = otel_context.attach(parent)
         try:
             with self._tracer.start_as_current_span(
-                f"inference.GRPCInferenceService/{method}", kind=trace.SpanKind.SERVER
+                f"inference.GRPCInferenceService/{method}" if system == "grpc" else f"{system} {method}",
+                kind=trace.SpanKind.SERVER,
             ) as span:
-                span.set_attribute("rpc.system", "grpc")
+                span.set_attribute("rpc.system", system)
                 span.set_attribute("rpc.method", method)
                 yield span
         finally:

@@ -1,37 +1,27 @@
-"""Bearer-token authentication for every RPC, compared in constant time; tokens are never logged.
+"""Bearer-token authentication for every RPC (the check itself is tokens.py's, shared with HTTP).
 
 Health stays open by default (Kubernetes probes carry no token); reflection follows a setting.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from ..core.errors import Unauthenticated
+from ..tokens import BearerTokens, refusal
 from .health import HEALTH_SERVICE
 from .status import guarded
 
 REFLECTION_PREFIX = "/grpc.reflection."
-DENIED = "missing or invalid bearer token (send metadata `authorization: Bearer <token>`)"
-
-
-def read_tokens(path: Path) -> list[bytes]:
-    tokens = [line.strip() for line in path.read_text().splitlines()]
-    found = [t.encode() for t in tokens if t and not t.startswith("#")]
-    if not found:
-        raise ValueError(f"auth_token_file {path} holds no token")
-    return found
+HOW = "metadata `authorization: Bearer <token>`"
 
 
 @guarded
 async def _deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    raise Unauthenticated(DENIED)
+    raise refusal(HOW)
 
 
 def _denying(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
@@ -50,7 +40,7 @@ def _denying(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
-    def __init__(self, tokens: list[bytes], *, protect_health: bool, protect_reflection: bool) -> None:
+    def __init__(self, tokens: BearerTokens, *, protect_health: bool, protect_reflection: bool) -> None:
         self._tokens = tokens
         self._open: tuple[str, ...] = ()
         if not protect_health:
@@ -59,14 +49,11 @@ class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generi
             self._open += (REFLECTION_PREFIX,)
 
     def _valid(self, metadata: Any) -> bool:
-        given = b""
+        given = None
         for key, value in metadata or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                given = value[len("Bearer ") :].encode()
-        valid = False
-        for token in self._tokens:  # no early exit: the time taken does not depend on which matched
-            valid |= hmac.compare_digest(given, token)
-        return valid and bool(given)
+            if key == "authorization":
+                given = value
+        return self._tokens.accepts(given)
 
     async def intercept_service(
         self,

@@ -5,13 +5,11 @@ Errors leave through status.guarded, which handlers.py wraps around every method
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import grpc
 import grpc.aio
-from opentelemetry import trace
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -20,6 +18,7 @@ from ..core.errors import Unsupported
 from ..core.limits import Gate
 from ..core.service import InferenceCore
 from ..observability.logs import AccessLog
+from ..observability.observed import Observer, Transport
 from ..observability.tracing import Tracing
 from .status import status_of
 from .streaming import serve_stream
@@ -47,8 +46,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._streams = streams or Gate(0, "max_streams", "streams")
         self._core = core
         self._stream_max_in_flight = stream_max_in_flight
-        self._tracing = tracing or Tracing(enabled=False)
-        self._access = access_log or AccessLog(0.0)
+        self._observer = Observer(
+            tracing or Tracing(enabled=False),
+            access_log or AccessLog(0.0),
+            Transport("grpc", "ModelInfer", "OK", lambda exc: status_of(exc)[0].name),
+        )
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return self._core.server_live()
@@ -88,34 +90,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._core.unload_model(request)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        if not self._tracing.enabled and not self._access.sample:
+        if self._observer.idle:
             return await self._core.infer(request)  # the plain path: nothing observed per request
-        return await self._observed_infer(request, context)
-
-    async def _observed_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        start = time.perf_counter()
-        code = "OK"
-        version = request.model_version  # "" (the highest) until the answer names the one that ran
         # grpc.aio hands metadata as (key, value) pairs; its stubs say a Mapping.
         metadata = cast("Sequence[tuple[str, Any]] | None", context.invocation_metadata())
-        with self._tracing.rpc_span("ModelInfer", metadata) as span:
-            try:
-                response = await self._core.infer(
-                    request, lambda completed: self._tracing.record(span, request.model_name, completed)
-                )
-                version = response.model_version
-                return response
-            except Exception as exc:
-                code = status_of(exc)[0].name
-                if span is not None:
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, code))
-                raise
-            finally:
-                if self._access.wanted():
-                    elapsed = time.perf_counter() - start
-                    self._access.log(
-                        "ModelInfer", request.model_name, version, code, elapsed, context.peer(), request.id
-                    )
+        return await self._observer.infer(self._core.infer, request, metadata, context.peer())
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context

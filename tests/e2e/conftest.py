@@ -11,11 +11,11 @@ from support.serving import RunningServer, running_server
 
 @pytest.fixture(scope="session", autouse=True)
 def default_ports_taken() -> Iterator[None]:
-    """The suite runs as if `make serve` were running beside it: the gRPC and metrics ports a server
-    would take from the environment are busy (ephemeral ports held here: no test binds a fixed
-    port). A server a test starts without choosing its ports fails at once, saying which."""
-    held = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
-    names = ("TORCHWIRE_PORT", "TORCHWIRE_METRICS_PORT")
+    """The suite runs as if `make serve` were running beside it: the gRPC, metrics and HTTP ports a
+    server would take from the environment are busy (ephemeral ports held here: no test binds a
+    fixed port). A server a test starts without choosing its ports fails at once, saying which."""
+    names = ("TORCHWIRE_PORT", "TORCHWIRE_METRICS_PORT", "TORCHWIRE_HTTP_PORT")
+    held = [socket.create_server(("127.0.0.1", 0)) for _ in names]
     saved = {name: os.environ.get(name) for name in names}
     for name, sock in zip(names, held, strict=True):
         os.environ[name] = str(sock.getsockname()[1])

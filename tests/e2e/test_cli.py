@@ -80,15 +80,16 @@ def _refused_start(server: ServeProcess) -> str:
     return lines[0]
 
 
-def test_a_busy_metrics_port_is_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("setting", "what"), [("metrics_port", "metrics"), ("http_port", "HTTP")])
+def test_a_busy_metrics_or_http_port_is_one_clear_line(tmp_path: Path, setting: str, what: str) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        with serve_process(model_repository=str(tmp_path), metrics_port=str(port)) as server:
-            line = _refused_start(server)
+        with serve_process(model_repository=str(tmp_path), **{setting: str(port)}) as process:
+            line = _refused_start(process)
+    flag, variable = "--" + setting.replace("_", "-"), "TORCHWIRE_" + setting.upper()
     assert line == (
-        f"torchwire: cannot listen on 127.0.0.1:{port} for metrics (Address already in use): choose "
-        "another port with --metrics-port or TORCHWIRE_METRICS_PORT (0 turns metrics off, -1 picks a "
-        "free one)"
+        f"torchwire: cannot listen on 127.0.0.1:{port} for {what} (Address already in use): choose "
+        f"another port with {flag} or {variable} (0 turns {what} off, -1 picks a free one)"
     )
 
 

@@ -17,9 +17,13 @@ Examples are derandomized, so CI runs the same requests every time.
 
 from __future__ import annotations
 
+import http.client
+import json
 import math
 import shutil
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +70,15 @@ FUZZ = settings(
         HealthCheck.large_base_example,
     ],
 )
-EXAMPLES = {"single": 2500, "concurrent": 200, "garbage": 800, "lookup": 150, "bytes": 300}
+EXAMPLES = {
+    "single": 2500,
+    "concurrent": 200,
+    "garbage": 800,
+    "lookup": 150,
+    "bytes": 300,
+    "http": 600,
+    "http_garbage": 400,
+}
 MIN_INFER_REQUESTS = 2000
 SENT: Counter[str] = Counter()  # calls made, by test
 
@@ -193,7 +205,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     write_model(repo, "dyn", Identity(), single_io_config("dyn", "INT64", [-1], 8, DYN_CONFIG))
     write_model(repo, "broken", None, single_io_config("broken", "FP32", [4], 8))  # no model.pt
     write_model(repo, STRINGS, StringIdentity(), STRINGS_CONFIG)
-    with running_server(repo, readiness="any") as running:  # "broken" must not make it unready
+    # "broken" must not make it unready; HTTP is on for the HTTP cases below.
+    with running_server(repo, readiness="any", http_port=-1) as running:
         yield running
 
 
@@ -946,6 +959,201 @@ def test_bytes_tensors_echo_exactly_or_fail_cleanly(
         assert outcome.response.raw_output_contents[0] == length_prefixed(items)
 
 
+# --- The same server over HTTP/REST --------------------------------------------------------------
+# Bodies near a valid v2 REST inference request (JSON data or Triton's binary extension, per input),
+# with one planted fault or none, plus garbage bodies. A body without a fault is answered 200 with
+# the identity's outputs; every other answer is a clean {"error": ...} with a status its fault calls
+# for, never a 500 (no model here raises).
+
+HTTP_STATUSES = {400, 404, 413, 501, 503}
+HTTP_FAULTS: dict[str, set[int]] = {
+    "count": {400},
+    "kind": {400},
+    "range": {400},
+    "ragged": {400},
+    "datatype": {400, 501},
+    "model": {404, 503},
+    "shape": {400},
+    "header_length": {400},
+    "trailing": {400},
+    "binary_size": {400},
+    "truncated": {400},
+    "parameter": {400},
+}
+JSON_MODELS = [name for name in IDENTITY if name != "ident_bf16"]  # BF16 in JSON rounds: not an identity
+
+
+@dataclass
+class HttpCase:
+    model: str
+    body: bytes
+    header_length: int | None
+    fault: str | None
+    expected: dict[str, Any]  # output name -> its values as the test decodes them
+
+
+def json_values(draw: st.DrawFn, datatype: str, count: int) -> list[Any]:
+    if datatype == "BOOL":
+        return draw(st.lists(st.booleans(), min_size=count, max_size=count))
+    if datatype in INT_RANGE:
+        low, high = INT_RANGE[datatype]
+        return draw(st.lists(st.integers(low, high), min_size=count, max_size=count))
+    width = {"FP16": 16, "FP32": 32}.get(datatype, 64)
+    finite = st.floats(width=width, allow_nan=False, allow_infinity=False)  # type: ignore[arg-type]
+    return draw(st.lists(finite, min_size=count, max_size=count))
+
+
+@st.composite
+def http_cases(draw: st.DrawFn) -> HttpCase:
+    name = draw(st.sampled_from(JSON_MODELS))
+    datatype = MODELS[name].inputs[0].datatype
+    rows = draw(st.integers(1, 3))
+    shape = [rows, 4]
+    fault = draw(st.sampled_from([None, None, None, *sorted(HTTP_FAULTS)]))  # shrinks to no fault
+    values = json_values(draw, datatype, rows * 4)
+    expected = np.array(values, dtype=WIRE[datatype]).reshape(shape)
+    tensor: dict[str, Any] = {"name": "INPUT__0", "shape": shape, "datatype": datatype}
+    binary_in = draw(st.booleans())
+    raw = expected.tobytes()
+    if fault == "count":
+        values = values[:-1]
+        raw = raw[: -expected.itemsize]
+    elif fault == "kind":
+        values[0] = draw(
+            st.sampled_from(["1", None, {"a": 1}, [1]] + ([0.5] if datatype in INT_RANGE else []))
+        )
+        binary_in = False
+    elif fault == "range" and datatype in INT_RANGE:
+        values[-1] = INT_RANGE[datatype][1] + draw(st.integers(1, 2**70))
+        binary_in = False
+    elif fault == "ragged":
+        values = [values[:-1], values[-1:]]
+        binary_in = False
+    elif fault == "datatype":
+        tensor["datatype"] = draw(
+            st.sampled_from([*DATATYPE_EDGES, "BOOL" if datatype != "BOOL" else "INT8"])
+        )
+    elif fault == "shape":
+        tensor["shape"] = draw(st.sampled_from([[rows, -4], [rows, "4"], "1,4", [rows, 4.0], [rows, True]]))
+    elif fault == "model":
+        name = draw(st.sampled_from(["nope", "broken", name + "x"]))
+    elif fault == "parameter":
+        tensor["parameters"] = {"x": draw(st.sampled_from([[1], {"a": 1}, None]))}
+    elif fault not in (None, "header_length", "trailing", "binary_size", "truncated"):
+        fault = None  # "range" drawn for a non-integer model
+    if binary_in:
+        size = len(raw) + (draw(st.integers(1, 9)) if fault == "binary_size" else 0)
+        tensor.setdefault("parameters", {})["binary_data_size"] = size
+    else:
+        tensor["data"] = values
+        if fault == "binary_size":
+            fault = None
+    outputs = [{"name": "OUTPUT__0", "parameters": {"binary_data": draw(st.booleans())}}]
+    header = json.dumps({"inputs": [tensor], "outputs": outputs}).encode()
+    length: int | None = len(header) if binary_in else draw(st.sampled_from([None, len(header)]))
+    body = header + (raw if binary_in else b"")
+    if fault == "header_length":
+        length = draw(st.sampled_from([len(body) + 1, -1, len(header) - 1]))
+        if length == len(header) - 1 and not binary_in:
+            length = len(body) + 1  # one byte short of the header would still be valid JSON plus data
+    elif fault == "trailing":
+        body += draw(st.binary(min_size=1, max_size=8))
+        length = len(header)
+    elif fault == "truncated":
+        body = header[: draw(st.integers(0, len(header) - 1))]
+        length = None
+    return HttpCase(name, body, length, fault, {"OUTPUT__0": expected})
+
+
+def http_infer(
+    server: RunningServer, model: str, body: bytes, length: int | None
+) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection(*server.http_target.split(":"), timeout=CALL_TIMEOUT_S)
+    headers = {"Content-Type": "application/octet-stream"}
+    if length is not None:
+        headers["Inference-Header-Content-Length"] = str(length)
+    try:
+        path = "/v2/models/" + urllib.parse.quote(model, safe="") + "/infer"
+        connection.request("POST", path, body=body, headers=headers)
+        reply = connection.getresponse()
+        SENT["http"] += 1
+        return reply.status, dict(reply.getheaders()), reply.read()
+    finally:
+        connection.close()
+
+
+def check_http_error(status: int, body: bytes) -> str:
+    assert status in HTTP_STATUSES, (status, body)
+    answer = json.loads(body)
+    assert set(answer) == {"error"} and isinstance(answer["error"], str) and answer["error"], answer
+    assert GENERIC_INTERNAL not in answer["error"], answer
+    message: str = answer["error"]
+    return message
+
+
+@settings(FUZZ, max_examples=EXAMPLES["http"])
+@given(case=http_cases())
+def test_http_bodies_get_a_right_answer_or_a_clean_error(server: RunningServer, case: HttpCase) -> None:
+    status, headers, body = http_infer(server, case.model, case.body, case.header_length)
+    if case.fault is not None:
+        event(f"http fault: {case.fault}")
+        assert status in HTTP_FAULTS[case.fault], (status, body, case)
+        check_http_error(status, body)
+        return
+    assert status == 200, (status, body, case)
+    length = int(headers.get("Inference-Header-Content-Length", len(body)))
+    answer = json.loads(body[:length])
+    (output,) = answer["outputs"]
+    want = case.expected[output["name"]]
+    assert output["shape"] == list(want.shape)
+    datatype = MODELS[case.model].outputs[0].datatype
+    if "data" in output:
+        got = np.array(output["data"], dtype=WIRE[datatype]).reshape(want.shape)
+    else:
+        got = np.frombuffer(body[length:], dtype=WIRE[datatype]).reshape(want.shape)
+    np.testing.assert_array_equal(got, want)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def garbage_bodies(draw: st.DrawFn) -> tuple[str, bytes, int | None]:
+    model = draw(st.sampled_from([*SERVED, "nope"]))
+    shaped = st.fixed_dictionaries(
+        {
+            "inputs": st.lists(
+                st.dictionaries(
+                    st.sampled_from(["name", "shape", "datatype", "data", "parameters"]), JSON_VALUES
+                ),
+                max_size=3,
+            )
+        },
+        optional={"outputs": JSON_VALUES, "parameters": JSON_VALUES, "id": JSON_VALUES},
+    )
+    body = draw(
+        st.binary(max_size=200)
+        | JSON_VALUES.map(lambda v: json.dumps(v).encode())
+        | shaped.map(lambda v: json.dumps(v).encode())
+    )
+    length = draw(st.none() | st.integers(-5, len(body) + 5))
+    return model, body, length
+
+
+@settings(FUZZ, max_examples=EXAMPLES["http_garbage"])
+@given(case=garbage_bodies())
+def test_http_garbage_bodies_get_a_clean_error(
+    server: RunningServer, case: tuple[str, bytes, int | None]
+) -> None:
+    status, _, body = http_infer(server, *case)
+    if status != 200:  # a random body may, rarely, be a valid request
+        check_http_error(status, body)
+
+
 # --- Afterwards: the server is healthy and still right ---------------------------------------------
 
 
@@ -977,6 +1185,11 @@ def test_server_is_healthy_and_right_after_the_fuzzing(
         response = stub.ModelInfer(good, timeout=CALL_TIMEOUT_S)
         assert response.raw_output_contents[0] == data
         assert server.queue_state(name) == (0, 0), "requests left behind in the queue"
+    with urllib.request.urlopen(
+        f"http://{server.http_target}/v2/health/ready", timeout=CALL_TIMEOUT_S
+    ) as reply:
+        assert reply.status == 200
+    assert SENT["http"] >= EXAMPLES["http"], "the HTTP fuzz tests sent fewer requests than examples"
     fuzzed = SENT["single"] + SENT["concurrent"] + SENT["garbage"]
     print(f"fuzzed calls: {dict(SENT)}, ModelInfer in all: {fuzzed}")
     # Hold the count when every fuzz test ran and passed (a failure stops its test early).

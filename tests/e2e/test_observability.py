@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import time
@@ -65,7 +66,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer
     repo: Path = tmp_path_factory.mktemp("observed")
     bounded = "dynamic_batching { default_queue_policy { max_queue_size: 1 } }"
     write_model(repo, "spin", Spinner(), spinner_config("spin", bounded))
-    with running_server(repo, metrics_port=-1, trace=True, access_log_sample=1.0, torch_threads=1) as server:
+    with running_server(
+        repo, metrics_port=-1, http_port=-1, trace=True, access_log_sample=1.0, torch_threads=1
+    ) as server:
         yield server
 
 
@@ -262,6 +265,65 @@ def test_access_log_names_model_status_and_peer(
     lines = [r.getMessage() for r in caplog.records if r.name == "torchwire.access"]
     assert any("model=spin version=1 status=OK" in line and "peer=ipv4:127.0.0.1:" in line for line in lines)
     assert any("status=INVALID_ARGUMENT" in line for line in lines)
+
+
+def test_http_requests_are_traced_logged_and_counted_as_grpc_ones(
+    observed: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    labels = {"model": "spin", "version": "1"}
+    trace_id = "5bf92f3577b34da6a3ce929d0e0e4736"
+    parent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    before = scrape(observed)
+    SPANS.clear()
+
+    def post(shape: list[int], data: list[float]) -> int:
+        body = json.dumps(
+            {"inputs": [{"name": "INPUT__0", "shape": shape, "datatype": "FP32", "data": data}]}
+        )
+        request = urllib.request.Request(
+            f"http://{observed.http_target}/v2/models/spin/infer",
+            data=body.encode(),
+            headers={"traceparent": parent},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with caplog.at_level(logging.INFO, logger="torchwire.access"):
+        assert post([1, 2], [0.0, 1.0]) == 200
+        assert post([1, 3], [0.0, 1.0, 2.0]) == 400
+    after = scrape(observed)
+    assert (
+        value(after, "torchwire_request_success_total", **labels)
+        - value(before, "torchwire_request_success_total", **labels)
+        == 1
+    )
+    failures = "torchwire_request_failure_total"
+    assert (
+        value(after, failures, **labels, reason="invalid_input")
+        - value(before, failures, **labels, reason="invalid_input")
+        == 1
+    )
+    spans = [s for s in SPANS.get_finished_spans() if s.name == "http ModelInfer"]
+    assert len(spans) == 2
+    for span in spans:
+        assert format(span.context.trace_id, "032x") == trace_id
+        assert span.parent is not None and format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+    children = {
+        s.name
+        for s in SPANS.get_finished_spans()
+        if s.parent and s.parent.span_id == spans[0].context.span_id
+    }
+    assert children == {"queue", "compute"}
+    lines = [r.getMessage() for r in caplog.records if r.name == "torchwire.access"]
+    assert any(
+        line.startswith("HTTP infer model=spin version=1 status=200") and "peer=127.0.0.1" in line
+        for line in lines
+    )
+    assert any(line.startswith("HTTP infer model=spin version=- status=400") for line in lines)
 
 
 def test_three_servers_each_count_a_fair_share(tmp_path: Path) -> None:

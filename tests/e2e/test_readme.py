@@ -1,6 +1,7 @@
 """The README's code runs as pasted: every Python block, the grpcurl commands and the config.pbtxt,
-against a real server. The README calls `make serve`'s server at localhost:8001; here that address is
-replaced by a server on a free port, and `.venv/bin/grpcurl` by this environment's grpcurl."""
+against a real server. The README calls `make serve`'s server at localhost:8001 (gRPC) and
+localhost:8000 (HTTP); here those addresses are replaced by a server's on free ports, and
+`.venv/bin/grpcurl` by this environment's grpcurl."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from torchwire.models import REPOSITORY
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 ADDRESS = "localhost:8001"
+HTTP_ADDRESS = "localhost:8000"
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 
 
@@ -53,8 +56,16 @@ PRINTS = [
     "99 99 ",  # the stream: index, request id, digit
     "",  # many replicas: clients built, no call made
     "[[ 0  2  4  6  8 10 12 14 16 18 20 22 24 26 28 30]]\n32",  # tritonclient
+    "[[ 0  2  4  6  8 10 12 14 16 18 20 22 24 26 28 30]]\npytorch_libtorch",  # tritonclient.http
     "[[ 0  2  4  6  8 10 12 14 16 18 20 22 24 26 28 30]]",  # tracing: a call with a traceparent
 ]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    """The bundled repository, with HTTP on as `make serve`'s."""
+    with running_server(http_port=-1) as running:
+        yield running
 
 
 def test_every_python_block_is_listed() -> None:
@@ -62,11 +73,11 @@ def test_every_python_block_is_listed() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(PRINTS)))
-def test_python_block_runs_as_pasted(bundled: RunningServer, index: int, tmp_path: Path) -> None:
+def test_python_block_runs_as_pasted(server: RunningServer, index: int, tmp_path: Path) -> None:
     code = blocks("python")[index]
-    calls_the_server = ADDRESS in code
+    calls_the_server = ADDRESS in code or HTTP_ADDRESS in code
     script = tmp_path / "block.py"
-    script.write_text(code.replace(ADDRESS, bundled.target))
+    script.write_text(code.replace(ADDRESS, server.target).replace(HTTP_ADDRESS, server.http_target))
     result = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
@@ -78,10 +89,10 @@ def test_python_block_runs_as_pasted(bundled: RunningServer, index: int, tmp_pat
         assert result.stdout == ""
 
 
-def test_grpcurl_commands_run_as_pasted(bundled: RunningServer) -> None:
+def test_grpcurl_commands_run_as_pasted(server: RunningServer) -> None:
     (commands,) = [b for b in blocks("sh") if "grpcurl -plaintext" in b]
     assert commands.count(".venv/bin/grpcurl -plaintext ") == 5, "each command names grpcurl by its path"
-    pasted = commands.replace(ADDRESS, bundled.target).replace(".venv/bin/grpcurl", str(GRPCURL))
+    pasted = commands.replace(ADDRESS, server.target).replace(".venv/bin/grpcurl", str(GRPCURL))
     result = subprocess.run(
         ["bash", "-e", "-c", pasted], capture_output=True, text=True, timeout=300, check=False
     )

@@ -46,6 +46,12 @@ class RunningServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.app.port}"
 
+    @property
+    def http_target(self) -> str:
+        """host:port of the HTTP/REST port (the server must have been started with http_port=-1)."""
+        assert self.app.http is not None, "start the server with http_port=-1"
+        return f"127.0.0.1:{self.app.http.port}"
+
     def queue_state(self, model: str) -> tuple[int, int]:
         """(queued, in flight) of a model's scheduler, read on the server's own loop thread."""
 
@@ -67,6 +73,7 @@ def running_server(
 ) -> Iterator[RunningServer]:
     """A started server on an ephemeral port; always stopped on exit, even when the test fails."""
     overrides.setdefault("metrics_port", 0)  # metrics off unless a test asks (-1: any free port)
+    overrides.setdefault("http_port", 0)  # HTTP/REST off unless a test asks (-1: any free port)
     settings = Settings(
         model_repository=repository, host="127.0.0.1", port=0, shutdown_grace=5.0, **overrides
     )
@@ -93,13 +100,14 @@ TORCHWIRE = Path(sys.executable).parent / "torchwire"
 
 def serve_env(**variables: str) -> dict[str, str]:
     """The environment of a `torchwire serve` process in a test: 127.0.0.1, a free gRPC port, metrics
-    on (as by default) on a free port, one torch thread; then `variables` as TORCHWIRE_* variables.
-    No PYTHONPATH: the process imports the torchwire its command was installed with."""
+    and HTTP on (as by default) on free ports, one torch thread; then `variables` as TORCHWIRE_*
+    variables. No PYTHONPATH: the process imports the torchwire its command was installed with."""
     env = {
         **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
         "TORCHWIRE_HOST": "127.0.0.1",
         "TORCHWIRE_PORT": "0",
         "TORCHWIRE_METRICS_PORT": "-1",
+        "TORCHWIRE_HTTP_PORT": "-1",
         "TORCHWIRE_TORCH_THREADS": "1",
     }
     return env | {f"TORCHWIRE_{name.upper()}": value for name, value in variables.items()}
