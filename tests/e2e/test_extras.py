@@ -41,7 +41,7 @@ TOKEN = "extras-check-token"
 # to the folder the server runs in, which holds the certificates and the token file.
 SERVE_RUNS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "poll": {"model_control_mode": "poll", "repository_poll_secs": 1.0},
+    "poll": {"model_control_mode": "poll", "repository_poll_secs": 1.0, "metrics_names": "triton"},
     "every other flag": {
         "model_repository": ROOT / "models",
         "model_control_mode": "explicit",
@@ -59,6 +59,9 @@ SERVE_RUNS: dict[str, dict[str, Any]] = {
         "max_tensor_elements": 4096,
         "max_request_rows": 8,
         "metrics_port": 0,
+        "metrics_names": "torchwire",
+        "http_port": 0,
+        "max_string_bytes": 4096,
         "trace": True,
         "trace_exporter": "none",
         "log_format": "json",
@@ -72,8 +75,9 @@ SERVE_RUNS: dict[str, dict[str, Any]] = {
         "log_level": "DEBUG",
     },
 }
-# serve_process sets these for every run: no test binds a fixed port or listens beyond loopback.
-ALWAYS = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "torch_threads": 1}
+# serve_process sets these for every run (HTTP on a free port): no test binds a fixed port or
+# listens beyond loopback.
+ALWAYS = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "http_port": -1, "torch_threads": 1}
 
 # What needs an extra: settings of `torchwire serve`, or a command line; and the one line it prints.
 SERVE_NEEDS: dict[str, dict[str, Any]] = {
