@@ -23,6 +23,8 @@ from .rpc.handlers import service_handler
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
 from .settings import Settings, default_threads
+from .workers.cluster import ClusterCore, Peers
+from .workers.role import WorkerRole
 
 log = logging.getLogger("torchwire")
 
@@ -34,10 +36,15 @@ def bundled_repository() -> Path:
 
 
 class App:
-    """One torchwire server. `await start()` returns the bound port; `await stop()` drains and stops."""
+    """One torchwire server. `await start()` returns the bound port; `await stop()` drains and stops.
 
-    def __init__(self, settings: Settings) -> None:
+    With a `worker` role it is one of several on the same port (`--workers N`): it binds with
+    SO_REUSEPORT, and serves an internal endpoint through which the others reach its models.
+    """
+
+    def __init__(self, settings: Settings, worker: WorkerRole | None = None) -> None:
         self.settings = settings
+        self.worker = worker
         self.repository = settings.model_repository or bundled_repository()
         self.registry = Registry(
             self.repository,
@@ -46,13 +53,16 @@ class App:
             require_all=settings.readiness == "all",
         )
         self.registry.on_change = self._update_health
-        self.core = InferenceCore(
-            self.registry,
-            explicit=settings.model_control_mode == "explicit",
-            limits=Limits(
-                settings.max_message_bytes, settings.max_tensor_elements, settings.max_request_rows
-            ),
+        explicit = settings.model_control_mode == "explicit"
+        limits = Limits(settings.max_message_bytes, settings.max_tensor_elements, settings.max_request_rows)
+        self.core = (
+            InferenceCore(self.registry, explicit=explicit, limits=limits)
+            if worker is None
+            else ClusterCore(self.registry, Peers(worker.peers), explicit=explicit, limits=limits)
         )
+        # What the other workers call: this worker's models only, never fanned out again.
+        self._local_core = InferenceCore(self.registry, explicit=explicit, limits=limits)
+        self._internal: grpc.aio.Server | None = None
         self.health = Health()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -70,6 +80,8 @@ class App:
             # Clients may keep long streams alive with pings every 10 s or more.
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Only workers share a port; a lone server refuses one that is busy.
+            ("grpc.so_reuseport", 1 if self.worker is not None else 0),
         ]
         if settings.max_connection_age_s > 0:
             options += [
@@ -103,8 +115,14 @@ class App:
 
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(options=self._server_options(), interceptors=self._interceptors())
+        self._add_services(server, self.core)
+        if self.settings.reflection:
+            reflection.enable(server)
+        return server
+
+    def _add_services(self, server: grpc.aio.Server, core: InferenceCore) -> None:
         servicer = InferenceServicer(
-            self.core,
+            core,
             self.settings.stream_max_in_flight,
             Tracing(self.settings.trace),
             AccessLog(self.settings.access_log_sample),
@@ -127,9 +145,14 @@ class App:
                 ),
             )
         )
-        if self.settings.reflection:
-            reflection.enable(server)
-        return server
+
+    async def _start_internal(self, worker: WorkerRole) -> None:
+        # A unix socket in the supervisor's private folder: reachable by this user only, so no token.
+        server = grpc.aio.server(options=self._server_options())
+        self._add_services(server, self._local_core)
+        server.add_insecure_port(f"unix:{worker.socket}")
+        await server.start()
+        self._internal = server
 
     async def start(self) -> int:
         """Listen at once (health says NOT_SERVING), then load the repository in the background."""
@@ -141,13 +164,17 @@ class App:
             self.port = server.add_secure_port(self.settings.address, credentials)
         await server.start()
         self._server = server
+        if self.worker is not None:
+            await self._start_internal(self.worker)
         await self.health.start()
         if self.settings.trace:
             configure_exporter(self.settings.trace_exporter)
         if self.settings.metrics_port:
-            self.metrics = MetricsServer(self.core, self.settings.host, max(self.settings.metrics_port, 0))
+            # A worker's metrics are for its supervisor, which merges them on the public port.
+            host = "127.0.0.1" if self.worker is not None else self.settings.host
+            self.metrics = MetricsServer(self.core, host, max(self.settings.metrics_port, 0))
             metrics_port = self.metrics.start(asyncio.get_running_loop())
-            log.info("metrics on http://%s:%d/metrics", self.settings.host, metrics_port)
+            log.info("metrics on http://%s:%d/metrics", host, metrics_port)
         log.info(
             "listening on %s:%d (%s; repository %s; event loop %s)",
             self.settings.host,
@@ -165,7 +192,11 @@ class App:
 
     async def _load(self) -> None:
         explicit = self.settings.model_control_mode == "explicit"
-        await self.registry.load_all(list(self.settings.load_model) if explicit else None)
+        names = list(self.settings.load_model) if explicit else None
+        if explicit and isinstance(self.core, ClusterCore) and self.worker and self.worker.replacement:
+            elsewhere = await self.core.served_elsewhere()
+            names = names if elsewhere is None else elsewhere
+        await self.registry.load_all(names)
         if self.settings.model_control_mode == "poll":
             self._polling = asyncio.get_running_loop().create_task(self._poll_forever())
         for entry in self.registry.entries():
@@ -213,6 +244,10 @@ class App:
             if task is not None and not task.done():
                 task.cancel()
         succeeded, failed = self.registry.totals()
+        if self._internal is not None:  # after the drain: peers' fan-outs reach this worker until then
+            await self._internal.stop(self.settings.shutdown_grace)
+        if isinstance(self.core, ClusterCore):
+            await self.core.peers.close()
         await self.registry.close()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)

@@ -43,7 +43,7 @@ async def serve(settings: Settings) -> None:
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    frozen = loop.create_task(_freeze_when_loaded(app))
+    frozen = loop.create_task(freeze_when_loaded(app))
 
     def on_signal() -> None:
         if stop.is_set():  # a second signal: stop waiting for the drain
@@ -57,7 +57,7 @@ async def serve(settings: Settings) -> None:
     await app.stop()
 
 
-async def _freeze_when_loaded(app: App) -> None:
+async def freeze_when_loaded(app: App) -> None:
     # What is alive once the models are loaded (torch, the models, descriptors) lives as long as the
     # process: frozen, the collector stops re-walking it on every full collection. Measured here:
     # ~5% more requests/s. The process owns the heap, so this is done here and not by App.
@@ -84,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchwire: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if settings.worker_count > 1:
+        from .workers.supervisor import supervise  # no gRPC object may exist before the workers start
+
+        return supervise(settings)
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(serve(settings))
     return 0
