@@ -188,7 +188,7 @@ def test_calls_on_many_connections_reach_every_worker_and_statistics_add_up() ->
             assert sample(merged, "torchwire_process_resident_memory_bytes", worker=str(index)) > 50e6
 
 
-def test_load_and_unload_apply_to_every_worker_before_they_answer() -> None:
+def test_load_and_unload_apply_to_every_worker_and_to_a_replacement() -> None:
     flags = ("--model-control-mode", "explicit", "--load-model", "simple")
     with serving_workers(*flags) as workers:
         assert not any(ready_on(workers, "mlp", index) for index in range(2))
@@ -202,6 +202,10 @@ def test_load_and_unload_apply_to_every_worker_before_they_answer() -> None:
                     models = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=30).models
                     assert sorted(m.name for m in models) == ["mlp", "simple"]
                     assert health_of(workers.target) == health_pb2.HealthCheckResponse.SERVING
+            # A replacement serves what the others serve now, not only what the flags named.
+            os.kill(workers.pid(1), signal.SIGKILL)
+            workers.wait_for(r"all 2 workers loaded", times=2)
+            assert ready_on(workers, "mlp", 1)
             client.unload_model("mlp")
             assert not any(ready_on(workers, "mlp", index) for index in range(2))
             assert all(ready_on(workers, "simple", index) for index in range(2))
