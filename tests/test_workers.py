@@ -27,6 +27,7 @@ from torchwire.client import Client
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 from torchwire.server import App, Settings
+from torchwire.server.settings import default_threads
 
 START_TIMEOUT_S = 240.0  # two workers loading torch at once on a busy 2-core machine
 SIMPLE = {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}
@@ -364,3 +365,13 @@ def test_the_port_of_workers_is_refused_to_a_lone_server_and_a_busy_port_to_work
         )
         assert finished.returncode == 1
         assert f"cannot listen on 127.0.0.1:{port}" in finished.stderr
+
+
+def test_workers_setting_and_connections_option_are_checked() -> None:
+    assert Settings(workers="3").worker_count == 3
+    assert Settings(workers="auto").worker_count == default_threads()
+    for bad in ("0", "-1", "two", ""):
+        with pytest.raises(ValueError, match="workers must be a whole number >= 1 or auto"):
+            Settings(workers=bad)
+    with pytest.raises(ValueError, match="connections must be >= 1, got 0"):
+        Client("127.0.0.1:1", connections=0)

@@ -8,6 +8,7 @@ handle (a terminal sends it to the whole process group); if the supervisor dies,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import signal
 from multiprocessing.connection import Connection
@@ -54,7 +55,8 @@ async def _serve(settings: Settings, role: WorkerRole, reports: Connection) -> i
 
     async def loaded() -> None:
         await freeze_when_loaded(app)
-        reports.send(("loaded",))
+        with contextlib.suppress(OSError):  # the supervisor is gone: the worker is stopping anyway
+            reports.send(("loaded",))
 
     loading = loop.create_task(loaded())
     await stop.wait()
