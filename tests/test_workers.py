@@ -367,6 +367,23 @@ def test_the_port_of_workers_is_refused_to_a_lone_server_and_a_busy_port_to_work
         assert f"cannot listen on 127.0.0.1:{port}" in finished.stderr
 
 
+def gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_stop_when_their_supervisor_is_killed() -> None:
+    with serving_workers() as workers:
+        pids = [workers.pid(index) for index in range(2)]
+        workers.process.kill()
+        workers.process.wait(timeout=30)
+        wait_until(lambda: all(gone(pid) for pid in pids), "both workers exit")
+        wait_until(lambda: workers.log.count("stopped: drained") == 2, "both workers drained")
+
+
 def test_workers_setting_and_connections_option_are_checked() -> None:
     assert Settings(workers="3").worker_count == 3
     assert Settings(workers="auto").worker_count == default_threads()
