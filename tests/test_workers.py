@@ -22,6 +22,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelgen import Scale, single_io_config, write_model
 from serving import wait_until
 from torchwire.client import Client
 from torchwire.client._proto import grpc_service_pb2 as pb
@@ -365,6 +366,18 @@ def test_the_port_of_workers_is_refused_to_a_lone_server_and_a_busy_port_to_work
         )
         assert finished.returncode == 1
         assert f"cannot listen on 127.0.0.1:{port}" in finished.stderr
+
+
+def test_poll_mode_converges_on_every_worker(tmp_path: Path) -> None:
+    write_model(tmp_path, "first", Scale(1.0), single_io_config("first", "FP32", [4], 8))
+    flags = ("--model-repository", str(tmp_path), "--model-control-mode", "poll")
+    with serving_workers(*flags, TORCHWIRE_REPOSITORY_POLL_SECS="0.3") as workers:
+        write_model(tmp_path, "later", Scale(3.0), single_io_config("later", "FP32", [4], 8))
+        wait_until(lambda: all(ready_on(workers, "later", index) for index in range(2)), "both load it")
+        with Client(workers.target, connections=8, timeout=30) as client:
+            for _ in range(16):
+                outputs = client.predict("later", {"INPUT__0": np.ones((1, 4), np.float32)})
+                assert outputs["OUTPUT__0"].tolist() == [[3.0] * 4]
 
 
 def gone(pid: int) -> bool:
