@@ -46,10 +46,12 @@ class App:
         self.settings = settings
         self.worker = worker
         self.repository = settings.model_repository or bundled_repository()
+        # Workers split the cores: N workers each computing on every core would oversubscribe them.
+        share = 1 if worker is None else len(worker.peers) + 1
         self.registry = Registry(
             self.repository,
             settings.torch_threads,
-            default_threads(),
+            max(1, default_threads() // share),
             require_all=settings.readiness == "all",
         )
         self.registry.on_change = self._update_health
@@ -60,8 +62,6 @@ class App:
             if worker is None
             else ClusterCore(self.registry, Peers(worker.peers), explicit=explicit, limits=limits)
         )
-        # What the other workers call: this worker's models only, never fanned out again.
-        self._local_core = InferenceCore(self.registry, explicit=explicit, limits=limits)
         self._internal: grpc.aio.Server | None = None
         self.health = Health()
         self.port = 0
@@ -149,7 +149,9 @@ class App:
     async def _start_internal(self, worker: WorkerRole) -> None:
         # A unix socket in the supervisor's private folder: reachable by this user only, so no token.
         server = grpc.aio.server(options=self._server_options())
-        self._add_services(server, self._local_core)
+        # What the other workers call: this worker's models only, never fanned out again.
+        explicit = self.settings.model_control_mode == "explicit"
+        self._add_services(server, InferenceCore(self.registry, explicit=explicit, limits=self.core.limits))
         server.add_insecure_port(f"unix:{worker.socket}")
         await server.start()
         self._internal = server

@@ -45,6 +45,7 @@ class Peers:
 
     def __init__(self, sockets: tuple[Path, ...]) -> None:
         self._sockets = sockets
+        self._channels: list[grpc.aio.Channel] = []
         self._stubs: list[tuple[Path, Any]] = []
 
     def _all(self) -> list[tuple[Path, Any]]:
@@ -74,7 +75,7 @@ class Peers:
         return [(path, answer) for (path, _), answer in zip(peers, answers, strict=True)]
 
     async def close(self) -> None:
-        for channel in getattr(self, "_channels", []):
+        for channel in self._channels:
             await channel.close(None)
 
 
