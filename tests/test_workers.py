@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelgen import Scale, single_io_config, write_model
 from serving import wait_until
-from torchwire.client import Client
+from torchwire.client import AsyncClient, Client
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 from torchwire.server import App, Settings
@@ -179,6 +179,14 @@ def test_calls_on_many_connections_reach_every_worker_and_statistics_add_up() ->
         per_worker = [successes(port) for port in own]
         assert all(count > 0 for count in per_worker), per_worker
         assert sum(per_worker) == sent
+
+        async def predict_async() -> int:  # the asyncio client takes the same option
+            async with AsyncClient(workers.target, connections=4, timeout=60) as client:
+                answers = await asyncio.gather(*(client.predict("simple", SIMPLE) for _ in range(16)))
+            return sum(outputs["OUTPUT0"].tolist() == [[2] * 16] for outputs in answers)
+
+        sent += asyncio.run(predict_async())
+        assert sent == 80
         # Whichever worker answers (a connection of its own each time), it counts every worker's.
         for _ in range(6):
             model = statistics(workers.target)
