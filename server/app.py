@@ -4,29 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
-from .core import InferenceCore
-from .limits import Gate, Limits
+from .core.limits import Gate, Limits
+from .core.registry import Registry
+from .core.service import InferenceCore
 from .observability.logs import AccessLog
 from .observability.metrics import MetricsServer
 from .observability.tracing import Tracing, configure_exporter
-from .registry import Registry
 from .rpc import reflection
 from .rpc.auth import TokenAuth, read_tokens
-from .rpc.handlers import service_handler
+from .rpc.handlers import Admission, service_handler
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
 from .settings import Settings, default_threads
+from .startup import cannot_bind, grpc_port_taken, metrics_port_taken
 from .workers.cluster import ClusterCore, Peers
 from .workers.role import WorkerRole
 
 log = logging.getLogger("torchwire")
+
+# After the server closes to new calls, it waits until none has come for this long (the calls gRPC
+# had already received come through first, each refused at once), at most SETTLE_MAX_S.
+SETTLE_QUIET_S = 0.2
+SETTLE_MAX_S = 2.0
 
 
 def bundled_repository() -> Path:
@@ -38,8 +46,8 @@ def bundled_repository() -> Path:
 class App:
     """One torchwire server. `await start()` returns the bound port; `await stop()` drains and stops.
 
-    With a `worker` role it is one of several on the same port (`--workers N`): it binds with
-    SO_REUSEPORT, and serves an internal endpoint through which the others reach its models.
+    With a `worker` role it is one of several on the same port (`--workers N`): its runner sets
+    `share_port`, and it serves an internal endpoint through which the others reach its models.
     """
 
     def __init__(self, settings: Settings, worker: WorkerRole | None = None) -> None:
@@ -64,6 +72,8 @@ class App:
         )
         self._internal: grpc.aio.Server | None = None
         self.health = Health()
+        self.admission = Admission()
+        self.share_port = False  # bind the gRPC port beside other processes that ask the same
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -80,8 +90,9 @@ class App:
             # Clients may keep long streams alive with pings every 10 s or more.
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
-            # Only workers share a port; a lone server refuses one that is busy.
-            ("grpc.so_reuseport", 1 if self.worker is not None else 0),
+            # gRPC shares a port with any process that also asks (SO_REUSEPORT) by default: a second
+            # server would silently take part of the first one's connections. Sharing is opt-in.
+            ("grpc.so_reuseport", 1 if self.share_port else 0),
         ]
         if settings.max_connection_age_s > 0:
             options += [
@@ -90,7 +101,7 @@ class App:
             ]
         return options
 
-    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         settings = self.settings
         if settings.auth_token_file is None:
             return []
@@ -139,6 +150,7 @@ class App:
                     servicer,
                     max_bytes=size,
                     gate=rpcs,
+                    admission=self.admission,
                 ),
                 service_handler(
                     health_pb2.DESCRIPTOR.services_by_name["Health"], self.health.servicer, max_bytes=size
@@ -149,7 +161,8 @@ class App:
     async def _start_internal(self, worker: WorkerRole) -> None:
         # A unix socket in the supervisor's private folder: reachable by this user only, so no token.
         server = grpc.aio.server(options=self._server_options())
-        # What the other workers call: this worker's models only, never fanned out again.
+        # What the other workers call: this worker's models only, never fanned out again; through the
+        # same handlers and Admission, so a stopping worker refuses its peers as it refuses clients.
         explicit = self.settings.model_control_mode == "explicit"
         self._add_services(server, InferenceCore(self.registry, explicit=explicit, limits=self.core.limits))
         server.add_insecure_port(f"unix:{worker.socket}")
@@ -157,13 +170,25 @@ class App:
         self._internal = server
 
     async def start(self) -> int:
-        """Listen at once (health says NOT_SERVING), then load the repository in the background."""
+        """Listen at once (health says NOT_SERVING), then load the repository in the background.
+        A port that cannot be bound raises StartupError, with nothing left running."""
         server = self._build_server()
         credentials = self._credentials()
-        if credentials is None:
-            self.port = server.add_insecure_port(self.settings.address)
-        else:
-            self.port = server.add_secure_port(self.settings.address, credentials)
+        # Asked first, so that a taken port is one clear line: gRPC logs its own lines, then says
+        # only "Failed to bind". (A shared port is meant to be taken already.)
+        asked = self.settings.port != 0 and not self.share_port
+        why = cannot_bind(self.settings.host, self.settings.port) if asked else None
+        try:
+            if why is None:
+                self.port = (
+                    server.add_insecure_port(self.settings.address)
+                    if credentials is None
+                    else server.add_secure_port(self.settings.address, credentials)
+                )
+        except RuntimeError:
+            why = "gRPC could not bind it"
+        if why is not None:
+            raise grpc_port_taken(self.settings.address, why)
         await server.start()
         self._server = server
         if self.worker is not None:
@@ -172,11 +197,7 @@ class App:
         if self.settings.trace:
             configure_exporter(self.settings.trace_exporter)
         if self.settings.metrics_port:
-            # A worker's metrics are for its supervisor, which merges them on the public port.
-            host = "127.0.0.1" if self.worker is not None else self.settings.host
-            self.metrics = MetricsServer(self.core, host, max(self.settings.metrics_port, 0))
-            metrics_port = self.metrics.start(asyncio.get_running_loop())
-            log.info("metrics on http://%s:%d/metrics", host, metrics_port)
+            await self._start_metrics()
         log.info(
             "listening on %s:%d (%s; repository %s; event loop %s)",
             self.settings.host,
@@ -187,6 +208,21 @@ class App:
         )
         self._loading = asyncio.get_running_loop().create_task(self._load())
         return self.port
+
+    async def _start_metrics(self) -> None:
+        port = max(self.settings.metrics_port, 0)
+        # A worker's metrics are for its supervisor, which merges them on the public port.
+        host = "127.0.0.1" if self.worker is not None else self.settings.host
+        self.metrics = MetricsServer(self.core.snapshot, host, port)
+        try:
+            metrics_port = self.metrics.start(asyncio.get_running_loop())
+        except OSError as exc:
+            self.metrics = None
+            if self._server is not None:
+                await self._server.stop(None)
+                self._server = None
+            raise metrics_port_taken(host, port, exc.strerror) from exc
+        log.info("metrics on http://%s:%d/metrics", host, metrics_port)
 
     async def _update_health(self) -> None:
         if not self._stopping:
@@ -212,9 +248,21 @@ class App:
                     state.value,
                     f" ({reason})" if reason else "",
                 )
-        ready = self.registry.ready()
         await self._update_health()
-        log.info("server %s", "ready" if ready else "NOT ready: a model asked for could not be loaded")
+        log.info("server %s", self._readiness_summary())
+
+    def _readiness_summary(self) -> str:
+        entries = self.registry.entries()
+        if self.registry.ready():
+            return "ready"
+        if not entries:
+            return (
+                f"NOT ready: the repository {self.repository} has no models (each model is a folder "
+                "with a config.pbtxt and a version folder such as 1/model.pt)"
+            )
+        if not any(entry.wanted for entry in entries):
+            return "NOT ready: no model was asked for (explicit model control: --load-model NAME)"
+        return "NOT ready: a model asked for could not be loaded"
 
     async def _poll_forever(self) -> None:
         while True:
@@ -241,16 +289,33 @@ class App:
             )
             await asyncio.sleep(self.settings.drain_delay_s)  # the point is to let load balancers notice
         if self._server is not None:
+            await self._close_to_new_calls()
             await self._server.stop(self.settings.shutdown_grace)
         for task in (self._loading, self._polling):
             if task is not None and not task.done():
                 task.cancel()
         succeeded, failed = self.registry.totals()
-        if self._internal is not None:  # after the drain: peers' fan-outs reach this worker until then
+        if self._internal is not None:  # closed with the public one (Admission): nothing left to cancel
             await self._internal.stop(self.settings.shutdown_grace)
         if isinstance(self.core, ClusterCore):
             await self.core.peers.close()
         await self.registry.close()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
-        log.info("stopped: drained; %d requests succeeded, %d failed", succeeded, failed)
+        log.info(
+            "stopped: drained; %d requests succeeded, %d failed, %d refused while stopping",
+            succeeded,
+            failed,
+            self.admission.refused,
+        )
+
+    async def _close_to_new_calls(self) -> None:
+        """New calls get UNAVAILABLE from now on. Returns once the calls gRPC had received before have
+        reached the application (and been refused), so that `server.stop()` has none left to cancel."""
+        self.admission.close()
+        deadline = time.monotonic() + min(SETTLE_MAX_S, self.settings.shutdown_grace)
+        while time.monotonic() < deadline:
+            quiet_until = self.admission.last_refusal + SETTLE_QUIET_S
+            if time.monotonic() >= quiet_until:
+                return
+            await asyncio.sleep(min(quiet_until, deadline) - time.monotonic())

@@ -7,6 +7,7 @@ loop never waits on torch.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,24 +16,23 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..errors import ConfigError, ModelExecutionError
+from torchwire.client import _codec
+
+from ..core.errors import ConfigError, ModelExecutionError
 from ..repository import ModelSpec, TensorSpec
+from ..repository.config import SUPPORTED
 from .instances import Instances
 from .warmup import warmup_batches
 
 Array = npt.NDArray[Any]
 
+# Derived from the client's table: the torch dtype of each datatype a model may use is that of its
+# raw bytes, except BF16, whose raw form is its uint16 bit pattern.
 TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "UINT8": torch.uint8,
-    "INT8": torch.int8,
-    "INT16": torch.int16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "FP16": torch.float16,
-    "BF16": torch.bfloat16,
-    "FP32": torch.float32,
-    "FP64": torch.float64,
+    name: torch.bfloat16
+    if name == "BF16"
+    else torch.from_numpy(np.empty(0, _codec.DATATYPES[name].wire)).dtype
+    for name in sorted(SUPPORTED)
 }
 
 # Inputs are views of the request's immutable bytes; torch warns that they are read-only. Models
@@ -59,13 +59,33 @@ def to_array(tensor: torch.Tensor, spec: TensorSpec) -> Array:
 class TorchScriptModel:
     """One loaded version of a model, with its instance threads."""
 
-    def __init__(self, module: torch.jit.ScriptModule, spec: ModelSpec, threads: int) -> None:
+    def __init__(
+        self,
+        module: torch.jit.ScriptModule,
+        spec: ModelSpec,
+        threads: int,
+        warmup: Sequence[Sequence[Array]] = (),
+    ) -> None:
+        """Starts the instance threads; each runs the `warmup` batches before it takes work."""
         self.spec = spec
         self._module = module
         self._batched = spec.max_batch_size > 0
+        self._warmup = warmup
         self._instances: Instances[Sequence[Array], list[Array]] = Instances(
-            self.forward, count=spec.instances, threads=threads, name=f"torchwire-{spec.name}"
+            self.forward,
+            count=spec.instances,
+            threads=threads,
+            name=f"torchwire-{spec.name}",
+            prepare=self._warm,
         )
+
+    def _warm(self) -> None:
+        for batch in self._warmup:
+            self.forward(batch)
+
+    def wait_warm(self) -> None:
+        """Blocking: until every instance thread has run the warmup (its first error raised)."""
+        self._instances.wait_prepared()
 
     def run(self, inputs: Sequence[Array]) -> Awaitable[list[Array]]:
         """The model's outputs (config order) for inputs in config order; runs in an instance thread."""
@@ -122,6 +142,23 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+HOW_TO_SAVE = "save TorchScript with torch.jit.save(torch.jit.script(model), path) (or torch.jit.trace)"
+
+
+def _why_not_torchscript(path: Path) -> str | None:
+    """What the file is instead, when that explains the failure better than torch's own message
+    (which calls a file saved by torch.save "corrupted")."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "not TorchScript (TorchScript files are zip archives; this one is not)"
+    pickled = any(name.endswith("/data.pkl") for name in names)
+    if pickled and not any(name.endswith("/constants.pkl") for name in names):
+        return "not TorchScript: it was saved with torch.save (a pickled module or state_dict)"
+    return None
+
+
 def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
     """Blocking: the module at path on the CPU in eval mode, optimized if the config asks.
 
@@ -133,9 +170,12 @@ def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
     if not path.is_file():
         raise ConfigError(f"{path}: model file not found (config field 'default_model_filename' names it)")
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+            str(path), map_location="cpu"
+        )
     except Exception as exc:
-        raise ConfigError(f"{path}: not a loadable TorchScript file: {_first_line(exc)}") from exc
+        why = _why_not_torchscript(path) or f"not a loadable TorchScript file: {_first_line(exc)}"
+        raise ConfigError(f"{path}: {why}; {HOW_TO_SAVE}") from exc
     module.eval()
     if spec.optimize:
         try:
@@ -149,11 +189,16 @@ def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
 
 
 def load_model(path: Path, spec: ModelSpec, threads: int) -> TorchScriptModel:
-    """Blocking: load the module (load_module), start its instance threads, then warm it up."""
-    model = TorchScriptModel(load_module(path, spec), spec, threads)
+    """Blocking: load the module (load_module), then start its instance threads, each of which
+    runs the warmup batches on itself before serving; returns once all are warm."""
+    module = load_module(path, spec)
     try:
-        for batch in warmup_batches(spec):
-            model.forward(batch)
+        batches = warmup_batches(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: warmup failed: {exc}") from exc
+    model = TorchScriptModel(module, spec, threads, batches)
+    try:
+        model.wait_warm()
     except (ModelExecutionError, ConfigError) as exc:
         model.close()
         raise ConfigError(f"{path}: warmup failed: {exc}") from exc

@@ -19,10 +19,10 @@ import grpc.aio
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
-from ..core import InferenceCore
-from ..errors import ModelUnavailable
-from ..limits import Limits
-from ..registry import Registry
+from ..core.errors import ModelUnavailable
+from ..core.limits import Limits
+from ..core.registry import Registry
+from ..core.service import InferenceCore
 from .statistics import merge_statistics
 
 log = logging.getLogger("torchwire.workers")
@@ -99,14 +99,13 @@ class ClusterCore(InferenceCore):
     async def _everywhere(self, local: Callable[[Any], Awaitable[R]], method: str, request: Any) -> R:
         # Every worker, this one included, at once; answered when all are done. A peer that is being
         # replaced is waited for (wait_for_ready), so the change reaches its replacement too.
-        mine, theirs = await asyncio.gather(
-            local(request),
-            self.peers.call(method, request, timeout=CHANGE_TIMEOUT_S, wait_for_ready=True),
-            return_exceptions=True,
+        peers = asyncio.ensure_future(
+            self.peers.call(method, request, timeout=CHANGE_TIMEOUT_S, wait_for_ready=True)
         )
-        if isinstance(mine, BaseException):
-            raise mine  # the same error every worker met: this worker's names it best
-        assert not isinstance(theirs, BaseException)  # Peers.call returns errors, never raises them
+        try:
+            mine = await local(request)  # its error is the one every worker met: it names it best
+        finally:
+            theirs = await peers  # Peers.call returns errors, never raises them
         for path, answer in theirs:
             if isinstance(answer, grpc.aio.AioRpcError):
                 raise ModelUnavailable(

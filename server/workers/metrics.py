@@ -45,8 +45,8 @@ def merge(scrapes: list[tuple[int, str]]) -> list[Metric]:
                 key = (sample.name, tuple(sorted(labels.items())))
                 values[key] = values.get(key, 0.0) + sample.value
     for name, merged in families.items():
-        for (sample_name, labels), value in sums[name].items():
-            merged.add_sample(sample_name, dict(labels), value)
+        for (sample_name, pairs), value in sums[name].items():
+            merged.add_sample(sample_name, dict(pairs), value)
     return list(families.values())
 
 

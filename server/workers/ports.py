@@ -1,4 +1,4 @@
-"""Reserving the shared port: the supervisor holds it so workers (and only they) can join it."""
+"""The shared port: the supervisor holds it so workers (and only they) can join it."""
 
 from __future__ import annotations
 
@@ -6,26 +6,27 @@ import contextlib
 import socket
 from collections.abc import Iterator
 
+from ..startup import cannot_bind, grpc_port_taken
+
 
 @contextlib.contextmanager
 def reserved_port(host: str, port: int) -> Iterator[int]:
     """Hold `host:port` (0: a free one) for SO_REUSEPORT listeners; yields the port.
 
-    First a plain bind, which fails on a busy port as a lone server would (a SO_REUSEPORT bind would
-    quietly share a port another group of workers listens on). Then, for as long as the server runs, a
-    SO_REUSEPORT socket bound but not listening: it takes no connections, and keeps the port for the
-    workers, replacements included.
+    First the check a lone server makes (a SO_REUSEPORT bind would quietly share a port another group
+    of workers listens on). Then, for as long as the server runs, a SO_REUSEPORT socket bound but not
+    listening: it takes no connections, and keeps the port for the workers, replacements included.
     """
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    with socket.socket(family, kind, proto) as probe:
-        try:
+    if port == 0:  # a port no one holds, not one a SO_REUSEPORT bind could share
+        with socket.socket(family, kind, proto) as probe:
             probe.bind(address)
-        except OSError as exc:
-            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-        chosen = int(probe.getsockname()[1])
+            port = int(probe.getsockname()[1])
+    elif (why := cannot_bind(host, port)) is not None:
+        raise grpc_port_taken(f"{host}:{port}", why)
     with socket.socket(family, kind, proto) as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        holder.bind((address[0], chosen, *address[2:]))
-        yield chosen
+        holder.bind((address[0], port, *address[2:]))
+        yield port

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Settings
+from ..startup import metrics_port_taken
 from . import worker
 from .metrics import MergedMetricsServer
 from .ports import reserved_port
@@ -171,29 +172,28 @@ class Supervisor:
 
 
 def supervise(settings: Settings) -> int:
-    """Run `settings.worker_count` workers on one port until a signal; the process exit code."""
-    try:
-        with (
-            reserved_port(settings.host, settings.port) as port,
-            tempfile.TemporaryDirectory(prefix="torchwire-workers-") as folder,
-        ):
-            os.chmod(folder, 0o700)  # the internal endpoints are for this user only
-            count = settings.worker_count
-            worker_settings = dataclasses.replace(
-                settings, port=port, metrics_port=-1 if settings.metrics_port else 0
-            )
-            supervisor = Supervisor(worker_settings, [Path(folder) / f"{i}.sock" for i in range(count)])
-            metrics = None
-            if settings.metrics_port:
-                metrics = MergedMetricsServer(
-                    settings.host, max(settings.metrics_port, 0), supervisor.metrics_endpoints
-                )
-                log.info("metrics on http://%s:%d/metrics (all workers)", settings.host, metrics.port)
+    """Run `settings.worker_count` workers on one port until a signal; the process exit code.
+    A port that cannot be bound raises StartupError before any worker starts."""
+    with (
+        reserved_port(settings.host, settings.port) as port,
+        tempfile.TemporaryDirectory(prefix="torchwire-workers-") as folder,
+    ):
+        os.chmod(folder, 0o700)  # the internal endpoints are for this user only
+        count = settings.worker_count
+        worker_settings = dataclasses.replace(
+            settings, port=port, metrics_port=-1 if settings.metrics_port else 0
+        )
+        supervisor = Supervisor(worker_settings, [Path(folder) / f"{i}.sock" for i in range(count)])
+        metrics = None
+        if settings.metrics_port:
+            metrics_port = max(settings.metrics_port, 0)
             try:
-                return supervisor.run()
-            finally:
-                if metrics is not None:
-                    metrics.stop()
-    except OSError as exc:
-        log.error("%s", exc)
-        return 1
+                metrics = MergedMetricsServer(settings.host, metrics_port, supervisor.metrics_endpoints)
+            except OSError as exc:
+                raise metrics_port_taken(settings.host, metrics_port, exc.strerror) from exc
+            log.info("metrics on http://%s:%d/metrics (all workers)", settings.host, metrics.port)
+        try:
+            return supervisor.run()
+        finally:
+            if metrics is not None:
+                metrics.stop()

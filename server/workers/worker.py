@@ -33,6 +33,7 @@ async def _serve(settings: Settings, role: WorkerRole, reports: Connection) -> i
     from ..cli import freeze_when_loaded, os_exit_now
 
     app = App(settings, role)
+    app.share_port = True  # the supervisor holds the port (SO_REUSEPORT) for its workers to join
     try:
         port = await app.start()
     except Exception as exc:  # the supervisor stops the whole server with this reason
