@@ -254,6 +254,7 @@ class ChannelPlan:
     options: list[tuple[str, Any]]
     credentials: grpc.ChannelCredentials | None
     metadata: tuple[tuple[str, str], ...] | None
+    connections: int = 1
 
 
 class ChannelOptions(TypedDict, total=False):
@@ -269,6 +270,9 @@ class ChannelOptions(TypedDict, total=False):
     health_check       with round_robin, skip addresses whose grpc.health.v1 status is not SERVING
                        (True; turn off for servers that require the token for health)
     keepalive_s        ping idle connections this often, to keep streams alive through proxies
+    connections        open this many connections and take turns over them, call by call (1); for a
+                       server whose worker processes share one port (`--workers N`), which spreads
+                       connections, not calls
     options            extra grpc channel options; they win over the ones above
     """
 
@@ -282,6 +286,7 @@ class ChannelOptions(TypedDict, total=False):
     round_robin: bool
     health_check: bool
     keepalive_s: float | None
+    connections: int
     options: Sequence[tuple[str, Any]]
 
 
@@ -298,8 +303,15 @@ def plan_channel(
     round_robin: bool = False,
     health_check: bool = True,
     keepalive_s: float | None = None,
+    connections: int = 1,
     options: Sequence[tuple[str, Any]] = (),
 ) -> ChannelPlan:
+    if connections < 1:
+        raise ValueError(f"connections must be >= 1, got {connections}")
+    if connections > 1:
+        # Channels with equal arguments share one connection (gRPC's global subchannel pool); a pool
+        # of its own gives each channel its own.
+        options = [("grpc.use_local_subchannel_pool", 1), *options]
     if credentials is None and (tls_ca or tls_cert or tls_key):
         credentials = tls_credentials(tls_ca, tls_cert, tls_key)
     return ChannelPlan(
@@ -314,6 +326,7 @@ def plan_channel(
         ),
         credentials,
         auth_metadata(token),
+        connections,
     )
 
 

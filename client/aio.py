@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Unpack
@@ -35,16 +36,24 @@ class AsyncClient:
     ) -> None:
         plan = _calls.plan_channel(target, **channel)
         self._metadata = plan.metadata
-        self._channel = (
+        self._channels = [
             grpc.aio.secure_channel(plan.target, plan.credentials, plan.options)
             if plan.credentials is not None
             else grpc.aio.insecure_channel(plan.target, plan.options)
-        )
-        self._stub: pb_grpc.GRPCInferenceServiceAsyncStub = pb_grpc.GRPCInferenceServiceStub(  # type: ignore[assignment]
-            self._channel
-        )
+            for _ in range(plan.connections)
+        ]
+        stubs: list[pb_grpc.GRPCInferenceServiceAsyncStub] = [
+            pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[misc]
+            for channel in self._channels
+        ]
+        self._stubs = itertools.cycle(stubs)
         self._timeout = timeout
         self._closed = False
+
+    @property
+    def _stub(self) -> pb_grpc.GRPCInferenceServiceAsyncStub:
+        """The next connection's stub: calls take turns over the connections."""
+        return next(self._stubs)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -56,7 +65,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         self._closed = True
-        await self._channel.close(None)
+        for channel in self._channels:
+            await channel.close(None)
 
     def _call_options(self, timeout: Timeout) -> dict[str, Any]:
         if self._closed:

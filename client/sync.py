@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -36,14 +37,20 @@ class Client:
     ) -> None:
         plan = _calls.plan_channel(target, **channel)
         self._metadata = plan.metadata
-        self._channel = (
+        self._channels = [
             grpc.secure_channel(plan.target, plan.credentials, plan.options)
             if plan.credentials is not None
             else grpc.insecure_channel(plan.target, plan.options)
-        )
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+            for _ in range(plan.connections)
+        ]
+        self._stubs = itertools.cycle([pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels])
         self._timeout = timeout
         self._closed = False
+
+    @property
+    def _stub(self) -> pb_grpc.GRPCInferenceServiceStub:
+        """The next connection's stub: calls take turns over the connections."""
+        return next(self._stubs)
 
     def __enter__(self) -> Client:
         return self
@@ -55,7 +62,8 @@ class Client:
 
     def close(self) -> None:
         self._closed = True
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def _call_options(self, timeout: Timeout) -> dict[str, Any]:
         if self._closed:

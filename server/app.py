@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -29,7 +28,10 @@ from .rpc.handlers import Admission, service_handler
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
 from .settings import Settings, default_threads
+from .startup import StartupError, cannot_bind, grpc_port_taken, http_port_taken, metrics_port_taken
 from .tokens import BearerTokens, read_tokens
+from .workers.cluster import ClusterCore, Peers
+from .workers.role import WorkerRole
 
 log = logging.getLogger("torchwire")
 
@@ -39,22 +41,6 @@ SETTLE_QUIET_S = 0.2
 SETTLE_MAX_S = 2.0
 
 
-class StartupError(Exception):
-    """The server cannot start (a port it must listen on is taken); the message says what to change."""
-
-
-def _cannot_bind(host: str, port: int) -> str | None:
-    """Why a TCP listener cannot bind host:port now ("Address already in use"), or None if it can."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's listener does
-            probe.bind((host, port))
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
 def bundled_repository() -> Path:
     from torchwire.models import REPOSITORY
 
@@ -62,28 +48,38 @@ def bundled_repository() -> Path:
 
 
 class App:
-    """One torchwire server. `await start()` returns the bound port; `await stop()` drains and stops."""
+    """One torchwire server. `await start()` returns the bound port; `await stop()` drains and stops.
 
-    def __init__(self, settings: Settings) -> None:
+    With a `worker` role it is one of several on the same port (`--workers N`): its runner sets
+    `share_port`, and it serves an internal endpoint through which the others reach its models.
+    """
+
+    def __init__(self, settings: Settings, worker: WorkerRole | None = None) -> None:
         self.settings = settings
+        self.worker = worker
         self.repository = settings.model_repository or bundled_repository()
+        # Workers split the cores: N workers each computing on every core would oversubscribe them.
+        share = 1 if worker is None else len(worker.peers) + 1
         self.registry = Registry(
             self.repository,
             settings.torch_threads,
-            default_threads(),
+            max(1, default_threads() // share),
             require_all=settings.readiness == "all",
         )
         self.registry.on_change = self._update_health
-        self.core = InferenceCore(
-            self.registry,
-            explicit=settings.model_control_mode == "explicit",
-            limits=Limits(
-                settings.max_message_bytes,
-                settings.max_tensor_elements,
-                settings.max_request_rows,
-                settings.max_string_bytes,
-            ),
+        explicit = settings.model_control_mode == "explicit"
+        limits = Limits(
+            settings.max_message_bytes,
+            settings.max_tensor_elements,
+            settings.max_request_rows,
+            settings.max_string_bytes,
         )
+        self.core = (
+            InferenceCore(self.registry, explicit=explicit, limits=limits)
+            if worker is None
+            else ClusterCore(self.registry, Peers(worker.peers), explicit=explicit, limits=limits)
+        )
+        self._internal: grpc.aio.Server | None = None
         self.health = Health()
         self.admission = Admission()
         self.share_port = False  # bind the gRPC port beside other processes that ask the same
@@ -163,8 +159,14 @@ class App:
 
     def _build_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(options=self._server_options(), interceptors=self._interceptors())
+        self._add_services(server, self.core)
+        if self.settings.reflection:
+            reflection.enable(server)
+        return server
+
+    def _add_services(self, server: grpc.aio.Server, core: InferenceCore) -> None:
         servicer = InferenceServicer(
-            self.core,
+            core,
             self.settings.stream_max_in_flight,
             self.tracing,
             self.access_log,
@@ -187,9 +189,17 @@ class App:
                 ),
             )
         )
-        if self.settings.reflection:
-            reflection.enable(server)
-        return server
+
+    async def _start_internal(self, worker: WorkerRole) -> None:
+        # A unix socket in the supervisor's private folder: reachable by this user only, so no token.
+        server = grpc.aio.server(options=self._server_options())
+        # What the other workers call: this worker's models only, never fanned out again; through the
+        # same handlers and Admission, so a stopping worker refuses its peers as it refuses clients.
+        explicit = self.settings.model_control_mode == "explicit"
+        self._add_services(server, InferenceCore(self.registry, explicit=explicit, limits=self.core.limits))
+        server.add_insecure_port(f"unix:{worker.socket}")
+        await server.start()
+        self._internal = server
 
     async def start(self) -> int:
         """Listen at once (health says NOT_SERVING), then load the repository in the background.
@@ -211,7 +221,7 @@ class App:
         # Asked first, so that a taken port is one clear line: gRPC logs its own lines, then says
         # only "Failed to bind". (A shared port is meant to be taken already.)
         asked = self.settings.port != 0 and not self.share_port
-        why = _cannot_bind(self.settings.host, self.settings.port) if asked else None
+        why = cannot_bind(self.settings.host, self.settings.port) if asked else None
         try:
             if why is None:
                 self.port = (
@@ -222,17 +232,16 @@ class App:
         except RuntimeError:
             why = "gRPC could not bind it"
         if why is not None:
-            raise StartupError(
-                f"cannot listen on {self.settings.address} for gRPC ({why}): choose another port with "
-                "--port or TORCHWIRE_PORT (0 picks a free one)"
-            )
+            raise grpc_port_taken(self.settings.address, why)
         # HTTP listens after the listening line, but a taken HTTP port is refused before anything runs.
         http_port = self.settings.http_port
-        why = _cannot_bind(self.settings.host, http_port) if http_port > 0 and not self.share_port else None
+        why = cannot_bind(self.settings.host, http_port) if http_port > 0 and not self.share_port else None
         if why is not None:
-            raise self._http_refused(why)
+            raise http_port_taken(self.settings.host, http_port, why)
         await server.start()
         self._server = server
+        if self.worker is not None:
+            await self._start_internal(self.worker)
         await self.health.start()
         if self.settings.metrics_port:
             await self._start_metrics()
@@ -246,12 +255,6 @@ class App:
         )
         if self.settings.http_port:
             await self._start_http()
-
-    def _http_refused(self, why: str | None) -> StartupError:
-        return StartupError(
-            f"cannot listen on {self.settings.host}:{self.settings.http_port} for HTTP ({why}): choose "
-            "another port with --http-port or TORCHWIRE_HTTP_PORT (0 turns HTTP off, -1 picks a free one)"
-        )
 
     async def _start_http(self) -> None:
         self.http = HttpServer(
@@ -278,14 +281,14 @@ class App:
             if self.metrics is not None:
                 await asyncio.to_thread(self.metrics.stop)
                 self.metrics = None
-            raise self._http_refused(exc.strerror) from exc
+            raise http_port_taken(self.settings.host, self.settings.http_port, exc.strerror) from exc
         log.info("HTTP/REST on %s:%d", self.settings.host, self.http.port)
 
     async def _start_metrics(self) -> None:
         port = max(self.settings.metrics_port, 0)
-        self.metrics = MetricsServer(
-            self.core.snapshot, self.settings.host, port, self.settings.metrics_names
-        )
+        # A worker's metrics are for its supervisor, which merges them on the public port.
+        host = "127.0.0.1" if self.worker is not None else self.settings.host
+        self.metrics = MetricsServer(self.core.snapshot, host, port, self.settings.metrics_names)
         try:
             metrics_port = self.metrics.start(asyncio.get_running_loop())
         except OSError as exc:
@@ -293,12 +296,8 @@ class App:
             if self._server is not None:
                 await self._server.stop(None)
                 self._server = None
-            raise StartupError(
-                f"cannot listen on {self.settings.host}:{port} for metrics ({exc.strerror}): choose "
-                "another port with --metrics-port or TORCHWIRE_METRICS_PORT (0 turns metrics off, "
-                "-1 picks a free one)"
-            ) from exc
-        log.info("metrics on http://%s:%d/metrics", self.settings.host, metrics_port)
+            raise metrics_port_taken(host, port, exc.strerror) from exc
+        log.info("metrics on http://%s:%d/metrics", host, metrics_port)
 
     async def _update_health(self) -> None:
         if not self._stopping:
@@ -306,7 +305,11 @@ class App:
 
     async def _load(self) -> None:
         explicit = self.settings.model_control_mode == "explicit"
-        await self.registry.load_all(list(self.settings.load_model) if explicit else None)
+        names = list(self.settings.load_model) if explicit else None
+        if explicit and isinstance(self.core, ClusterCore) and self.worker and self.worker.replacement:
+            elsewhere = await self.core.served_elsewhere()
+            names = names if elsewhere is None else elsewhere
+        await self.registry.load_all(names)
         if self.settings.model_control_mode == "poll":
             self._polling = asyncio.get_running_loop().create_task(self._poll_forever())
         for entry in self.registry.entries():
@@ -374,6 +377,10 @@ class App:
             if task is not None and not task.done():
                 task.cancel()
         succeeded, failed = self.registry.totals()
+        if self._internal is not None:  # closed with the public one (Admission): nothing left to cancel
+            await self._internal.stop(self.settings.shutdown_grace)
+        if isinstance(self.core, ClusterCore):
+            await self.core.peers.close()
         await self.registry.close()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)

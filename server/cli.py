@@ -16,6 +16,7 @@ from .eventloop import loop_factory
 from .extras import MissingExtra
 from .observability import configure_logging
 from .settings import Settings
+from .startup import StartupError
 
 if TYPE_CHECKING:
     from .app import App
@@ -54,7 +55,7 @@ async def serve(settings: Settings) -> None:
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    frozen = loop.create_task(_freeze_when_loaded(app))
+    frozen = loop.create_task(freeze_when_loaded(app))
 
     def on_signal() -> None:
         if stop.is_set():  # a second signal: stop waiting for the drain
@@ -68,7 +69,7 @@ async def serve(settings: Settings) -> None:
     await app.stop()
 
 
-async def _freeze_when_loaded(app: App) -> None:
+async def freeze_when_loaded(app: App) -> None:
     # What is alive once the models are loaded (torch, the models, descriptors) lives as long as the
     # process: frozen, the collector stops re-walking it on every full collection. Measured here:
     # ~5% more requests/s. The process owns the heap, so this is done here and not by App.
@@ -103,14 +104,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"torchwire: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    from .app import StartupError
+    try:
+        if settings.worker_count > 1:
+            from .workers.supervisor import supervise  # no gRPC object may exist before the workers start
 
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        try:
+            return supervise(settings)
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
             runner.run(serve(settings))
-        except StartupError as exc:
-            print(f"torchwire: {exc}", file=sys.stderr)
-            return 1
+    except StartupError as exc:
+        print(f"torchwire: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -117,6 +117,11 @@ class Settings:
         "library's loop)",
     )
     log_level: LogLevel = _opt("INFO", "log level")
+    workers: str = _opt(
+        "1",
+        "worker processes sharing the port (SO_REUSEPORT), each a whole server; auto: one per core "
+        "(see README Workers)",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -166,8 +171,14 @@ class Settings:
             raise ValueError("drain_delay_s and max_connection_age_s must be >= 0")
         if self.shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must be >= 0, got {self.shutdown_grace}")
+        if self.workers != "auto" and not (self.workers.isdigit() and int(self.workers) >= 1):
+            raise ValueError(f"workers must be a whole number >= 1 or auto, got {self.workers!r}")
         if self.model_repository is not None and not self.model_repository.is_dir():
             raise ValueError(f"model_repository {self.model_repository} is not a folder")
+
+    @property
+    def worker_count(self) -> int:
+        return default_threads() if self.workers == "auto" else int(self.workers)
 
     @property
     def address(self) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from torchwire.server import settings as settings_module
-from torchwire.server.settings import Settings
+from torchwire.server.settings import Settings, default_threads
 
 
 def test_flags_win_over_variables_which_win_over_defaults() -> None:
@@ -46,3 +46,11 @@ def test_a_bad_variable_names_itself() -> None:
 def test_invalid_values_are_refused_at_construction(values: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         Settings(**values)  # type: ignore[arg-type]
+
+
+def test_workers_is_a_whole_number_or_auto() -> None:
+    assert Settings(workers="3").worker_count == 3
+    assert Settings(workers="auto").worker_count == default_threads()
+    for bad in ("0", "-1", "two", ""):
+        with pytest.raises(ValueError, match="workers must be a whole number >= 1 or auto"):
+            Settings(workers=bad)

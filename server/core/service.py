@@ -179,7 +179,7 @@ class InferenceCore:
             FAILURE_REASONS,
         )
 
-    def model_statistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+    async def model_statistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
         """Triton's statistics: every served version, or those of one model (and one version)."""
         if request.name:
             entries = [self.registry.entry(request.name)]

@@ -234,7 +234,7 @@ class HttpServer:
     async def statistics(self, request: web.Request) -> web.Response:
         name = request.match_info.get("name", "")
         version = request.match_info.get("version", "")
-        response = self._core.model_statistics(pb.ModelStatisticsRequest(name=name, version=version))
+        response = await self._core.model_statistics(pb.ModelStatisticsRequest(name=name, version=version))
         return _json(messages.plain(response))
 
     # --- repository ----------------------------------------------------------------------------

@@ -76,3 +76,12 @@ def test_targets_and_timeouts() -> None:
     assert _calls.resolve_timeout(None, 5.0) is None
     assert _calls.auth_metadata("t") == (("authorization", "Bearer t"),)
     assert _calls.auth_metadata(None) is None
+
+
+def test_connections_is_at_least_one_and_each_gets_a_pool_of_its_own() -> None:
+    with pytest.raises(ValueError, match="connections must be >= 1, got 0"):
+        _calls.plan_channel("127.0.0.1:1", connections=0)
+    plan = _calls.plan_channel("127.0.0.1:1", connections=3)
+    assert plan.connections == 3
+    assert ("grpc.use_local_subchannel_pool", 1) in plan.options
+    assert ("grpc.use_local_subchannel_pool", 1) not in _calls.plan_channel("127.0.0.1:1").options

@@ -1,0 +1,1 @@
+"""`torchwire serve --workers N`: N whole servers on one port, one supervisor, one face to operators."""
