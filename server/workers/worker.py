@@ -32,13 +32,15 @@ async def _serve(settings: Settings, role: WorkerRole, reports: Connection) -> i
     from ..app import App  # torch loads here, in the worker
     from ..cli import freeze_when_loaded, os_exit_now
 
-    app = App(settings, role)
-    app.share_port = True  # the supervisor holds the port (SO_REUSEPORT) for its workers to join
-    try:
+    app: App | None = None
+    try:  # building the app reads its files (tokens, certificates): that can fail too
+        app = App(settings, role)
+        app.share_port = True  # the supervisor holds the port (SO_REUSEPORT) for its workers to join
         port = await app.start()
     except Exception as exc:  # the supervisor stops the whole server with this reason
         reports.send(("failed", f"{type(exc).__name__}: {exc}"))
-        await app.stop()
+        if app is not None:
+            await app.stop()
         return 1
     reports.send(("listening", port, app.metrics.port if app.metrics is not None else 0))
     stop = asyncio.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -165,6 +166,17 @@ def test_calls_on_many_connections_reach_every_worker_and_statistics_add_up() ->
 
         sent += asyncio.run(predict_async())
         assert sent == 80
+        # The HTTP/REST port is one port for all workers too: a new connection per call.
+        http_port = int(workers.wait_for(r"HTTP/REST on 127\.0\.0\.1:(\d+) \(all workers\)").group(1))
+        body = json.dumps(
+            {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": [1] * 16} for n in SIMPLE]}
+        ).encode()
+        for _ in range(16):
+            infer = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/simple/infer", data=body)
+            with urllib.request.urlopen(infer, timeout=60) as answer:
+                outputs = {o["name"]: o["data"] for o in json.loads(answer.read())["outputs"]}
+            assert outputs["OUTPUT0"] == [2] * 16
+            sent += 1
         # Whichever worker answers (a connection of its own each time), it counts every worker's.
         for _ in range(6):
             model = statistics(workers.target)
