@@ -41,7 +41,12 @@ TOKEN = "extras-check-token"
 # to the folder the server runs in, which holds the certificates and the token file.
 SERVE_RUNS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "poll": {"model_control_mode": "poll", "repository_poll_secs": 1.0, "metrics_names": "triton"},
+    "poll, two workers": {
+        "model_control_mode": "poll",
+        "repository_poll_secs": 1.0,
+        "metrics_names": "triton",
+        "workers": "2",
+    },
     "every other flag": {
         "model_repository": ROOT / "models",
         "model_control_mode": "explicit",
