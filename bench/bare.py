@@ -25,7 +25,18 @@ def start(
     notes: list[str],
     torchwire_target: str,
 ) -> dict[str, str]:
-    """The bare servers (both flavors), started for the whole sweep: their targets by name."""
+    """The bare servers (both flavors), started for the whole sweep: their targets by name.
+
+    None for `--protocol http`: the bare servers speak gRPC, and a gRPC server is no ceiling for HTTP
+    calls (another client, framing and parser on both sides), so tw/bare would compare protocols,
+    not torchwire's overhead. The note says so in the results; the in-process ceiling still holds.
+    """
+    if options.protocol == "http":
+        notes.append(
+            "bare ceiling skipped for --protocol http: the bare servers answer gRPC only, and a gRPC "
+            "server is no ceiling for HTTP calls (tw/bare n/a; tw/model still applies)"
+        )
+        return {}
     if options.target is not None and not options.target.startswith(("127.", "localhost", "[::1]")):
         notes.append(f"the bare server runs on this machine; {options.target} may not: compare with care")
     description = None

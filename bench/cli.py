@@ -2,8 +2,8 @@
 
 One run measures, one thing at a time so that each has the cores to itself:
 1. each concurrency level against torchwire (`torchwire serve` started as a subprocess, or
-   --target), then at once against the bare grpc server (bare_server.py) with the same
-   load generator;
+   --target), over gRPC or (--protocol http) its v2 REST port, then at once against the bare grpc
+   server (bare_server.py) with the same load generator (gRPC only: see bare.py);
 2. with both servers stopped, the model in-process at the batch size torchwire formed per level.
 It prints torchwire's figures as ratios to both, and writes JSON, CSV and a PNG plot.
 """
@@ -54,13 +54,19 @@ def execute(options: Options, console: Console) -> int:
         progress_bar(console) as progress,
         contextlib.ExitStack() as servers,
     ):
-        target, pid = servers.enter_context(processes.serving(options, console.print))
+        served = servers.enter_context(processes.serving(options, console.print))
+        target, pid = served.target, served.pid
         load = load_workload(target, options.model, options.batch, options.shapes)
         targets = {TORCHWIRE: target}
-        if options.perf_analyzer is None:
-            pool.connect(TORCHWIRE, target, load.request, load.expected_outputs(), options.streaming)
-        else:
+        if options.perf_analyzer is not None:
             notes.append(f"load generator: {options.perf_analyzer}")
+        elif options.protocol == "http":
+            http_target = options.http_target or served.http_target
+            assert http_target is not None  # options refuse --target without --http-target
+            notes.append(f"protocol: http (v2 REST, binary tensors) to {http_target}")
+            pool.connect_http(TORCHWIRE, http_target, load.http_body(), load.expected_outputs())
+        else:
+            pool.connect(TORCHWIRE, target, load.request, load.expected_outputs(), options.streaming)
         targets |= start_bare(servers, pool, load, options, notes, target)
         with StatisticsProbe(target, options.model) as probe:
             measured, bare = sweep(pool, options, progress, probe, targets, pid)
@@ -102,6 +108,7 @@ def _settings(options: Options) -> dict[str, Any]:
         "warmup_s": options.warmup,
         "batch": options.batch,
         "shapes": dict(options.shapes),  # json writes the dims tuples as lists
+        "protocol": options.protocol,
         "streaming": options.streaming,
         "workers": options.workers,
         "torch_threads": options.torch_threads,

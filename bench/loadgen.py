@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .protocol import Command, Connect, Failed, Measured, OutputSpec, Reply, Run, Soak, decode, encode
+from .rest import InferBody
 
 WORKER = f"{__package__}.worker"  # run as a module: it imports the client, never the server (torch)
 
@@ -113,11 +114,28 @@ class WorkerPool:
         self, name: str, target: str, request: bytes, outputs: Sequence[OutputSpec], streaming: bool
     ) -> None:
         """Every worker opens a channel to `target`, known by `name` to `start`, and waits until ready."""
-        command = Connect(name, target, request, tuple(outputs), streaming)
+        self._connect(Connect(name, target, request, tuple(outputs), streaming))
+
+    def _connect(self, command: Connect) -> None:
         for proc in self._procs:
             self._send(proc, command)
         for index in range(len(self._procs)):
             self._receive(index)
+
+    def connect_http(self, name: str, target: str, body: InferBody, outputs: Sequence[OutputSpec]) -> None:
+        """Every worker will post `body` to HOST:PORT `target`, known by `name`, once it answers ready."""
+        self._connect(
+            Connect(
+                name,
+                target,
+                body.data,
+                tuple(outputs),
+                streaming=False,
+                protocol="http",
+                path=body.path,
+                header_length=body.header_length,
+            )
+        )
 
     def start(self, name: str, concurrency: int, start_at: float, warmup: float, duration: float) -> None:
         """Every worker loads target `name` with its share from `start_at` (time.monotonic()).

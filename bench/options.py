@@ -22,6 +22,7 @@ from .loadgen import split
 
 MAX_SOAK_S = 24 * 3600.0  # bounded: a day at most
 MAX_SOAK_CONCURRENCY = 1024
+PROTOCOLS = ("grpc", "http")  # bench --protocol: what its load generator calls
 REQUIRED: Any = None  # with `required=True` in the flag: argparse refuses a run without it
 
 
@@ -181,6 +182,31 @@ class BenchOptions(RunOptions):
         flag={"metavar": "PATH"},
         read=_binary,
     )
+    protocol: str = option(
+        "grpc",
+        "what the load generator calls: grpc (ModelInfer) or http (the v2 REST port, binary tensors) "
+        "[grpc]; metadata and statistics are read over gRPC either way",
+        flag={"choices": PROTOCOLS},
+    )
+    http_target: str | None = option(
+        None, "with --target and --protocol http: HOST:PORT of that server's HTTP port"
+    )
+
+    def __post_init__(self) -> None:
+        # Rules between options: argparse exits 2 with the message, as for one option's rule.
+        if self.protocol != "http":
+            if self.http_target is not None:
+                raise ValueError("--http-target applies with --protocol http only")
+            return
+        if self.streaming:
+            raise ValueError("--streaming is gRPC's ModelStreamInfer: HTTP has no streams; drop one of them")
+        if self.perf_analyzer is not None:
+            raise ValueError(
+                "--perf-analyzer drives gRPC only here (the bare server it shares speaks gRPC); "
+                "drop --perf-analyzer or --protocol http"
+            )
+        if self.target is not None and self.http_target is None:
+            raise ValueError("--protocol http with --target needs --http-target HOST:PORT (its HTTP port)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,7 +33,6 @@ def write_png(run: Run, path: Path) -> None:
         axis.set_ylim(bottom=0)
         axis.grid(True, alpha=0.3)
         axis.legend()
-    mode = "streaming" if run.settings.get("streaming") else "unary"
-    figure.suptitle(f"{run.model}, {mode}, batch {run.settings.get('batch')} per request")
+    figure.suptitle(f"{run.model}, {run.mode}, batch {run.settings.get('batch')} per request")
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -95,11 +95,13 @@ def wait_serving(target: str, timeout: float, proc: subprocess.Popen[bytes] | No
 
 
 @dataclass(frozen=True, slots=True)
-class Spawned:
-    """A started `torchwire serve`: where to call it, and its process id (to read its memory)."""
+class Served:
+    """The server a run loads: its gRPC address, its process id when this run started it (to read its
+    memory and CPU), and its HTTP address when known (a server started here serves HTTP on a free port)."""
 
     target: str
-    pid: int
+    pid: int | None = None
+    http_target: str | None = None
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -115,24 +117,27 @@ def cpu_seconds(pid: int) -> float | None:
 @contextlib.contextmanager
 def torchwire_process(
     repository: Path | None, *, torch_threads: int | None, timeout: float
-) -> Iterator[Spawned]:
-    """`torchwire serve` on a free 127.0.0.1 port, once health says ready: its target and pid."""
-    port = free_port()
+) -> Iterator[Served]:
+    """`torchwire serve` on free 127.0.0.1 ports (gRPC and HTTP), once health says ready."""
+    port, http_port = free_port(), free_port()
     command = [sys.executable, "-m", "torchwire.server", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    # HTTP stays on as by default (its cost is part of serving), on a port chosen here so that
+    # `--protocol http` knows where to call.
+    command += ["--http-port", str(http_port)]
     if repository is not None:
         command += ["--model-repository", str(repository)]
     if torch_threads:
         command += ["--torch-threads", str(torch_threads)]
-    # Metrics and HTTP stay on as by default (their cost is part of serving), on free ports so that a
-    # server already running here cannot make this one fail. An unknown variable is ignored.
-    env = {**os.environ, "TORCHWIRE_METRICS_PORT": "-1", "TORCHWIRE_HTTP_PORT": "-1"}
+    # Metrics stay on too, on any free port, so that a server already running here cannot make this one
+    # fail. An unknown variable is ignored.
+    env = {**os.environ, "TORCHWIRE_METRICS_PORT": "-1"}
     with _managed(command, env=env) as (proc, log):
         target = f"127.0.0.1:{port}"
         try:
             wait_serving(target, timeout, proc)
         except StartError as exc:
             raise StartError(f"torchwire serve did not start: {exc}\n{_tail(log)}") from exc
-        yield Spawned(target, proc.pid)
+        yield Served(target, proc.pid, f"127.0.0.1:{http_port}")
 
 
 class ServerChoice(Protocol):
@@ -149,18 +154,18 @@ class ServerChoice(Protocol):
 
 
 @contextlib.contextmanager
-def serving(choice: ServerChoice, announce: Callable[[str], object]) -> Iterator[tuple[str, int | None]]:
+def serving(choice: ServerChoice, announce: Callable[[str], object]) -> Iterator[Served]:
     """The server a run loads: `--target` once it serves, else a `torchwire serve` started (and
-    always stopped) here. Yields its address and, when started here, its process id."""
+    always stopped) here."""
     if choice.target is not None:
         wait_serving(choice.target, choice.start_timeout)
-        yield choice.target, None
+        yield Served(choice.target)
         return
     announce(f"starting torchwire serve ({choice.repository or 'bundled models'}) ...")
     with torchwire_process(
         choice.repository, torch_threads=choice.torch_threads, timeout=choice.start_timeout
     ) as spawned:
-        yield spawned.target, spawned.pid
+        yield spawned
 
 
 def resident_bytes(pid: int) -> int | None:

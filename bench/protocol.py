@@ -33,10 +33,13 @@ class Connect:
 
     name: str
     target: str
-    request: bytes  # the serialized ModelInferRequest every call sends
+    request: bytes  # what every call sends: the serialized ModelInferRequest, or the HTTP body
     outputs: tuple[OutputSpec, ...]
     streaming: bool
     timeout: float = 30.0
+    protocol: str = "grpc"  # or "http": POST `request` to `path` (rest.py's binary tensor body)
+    path: str = ""
+    header_length: int = 0  # HTTP: the body's JSON header, before the inputs' bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ def level_line(label: str, measured: Measured) -> str:
 
 
 def table(run: Run) -> Table:
-    title = f"torchwire bench: {run.model} ({'streaming' if run.settings.get('streaming') else 'unary'})"
+    title = f"torchwire bench: {run.model} ({run.mode})"
     out = Table(title=title, title_justify="left")
     for name in (
         "conc",

@@ -110,6 +110,13 @@ class Run(Recorded):
     levels: list[Level] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def mode(self) -> str:
+        """How the load called torchwire: gRPC unary or streaming calls, or HTTP (v2 REST)."""
+        if self.settings.get("protocol") == "http":
+            return "http"
+        return "streaming" if self.settings.get("streaming") else "unary"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.header(),

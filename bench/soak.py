@@ -53,7 +53,8 @@ def execute(options: Options, console: Console) -> int:
     )
     # Exit order: the workers first (they stop loading), then the server (SIGTERM, then kill).
     with contextlib.ExitStack() as servers, WorkerPool(options.workers) as pool:
-        target, pid = servers.enter_context(processes.serving(options, console.print))
+        served = servers.enter_context(processes.serving(options, console.print))
+        target, pid = served.target, served.pid
         if pid is None:
             soak.notes.append("server RSS n/a: --target is not a process this run started")
         load = runner.load_workload(target, options.model, options.batch, options.shapes)

@@ -11,6 +11,9 @@ responses is parsed, to validate them. Unary calls use the sync API's futures wi
 measured here against a grpc.aio client (one task per slot), the sync client spent ~120 us of CPU
 per request against ~135 us for aio at concurrency 16-64, and had the lower p50 at concurrency 1.
 
+An HTTP target (`Connect` with protocol "http") is loaded by httpload.py instead, closed loop on
+aiohttp's client, and its answers go through the same Validator.
+
 It imports the client and this package's protocol only: never `torchwire.server`, so never torch.
 """
 
@@ -28,6 +31,7 @@ from typing import IO, Any
 import grpc
 import numpy as np
 
+from torchwire.bench import rest
 from torchwire.bench.protocol import (
     Connect,
     Connected,
@@ -134,6 +138,13 @@ class Validator:
             return self.problem(pb.ModelInferResponse.FromString(raw))
         except Exception as exc:  # an unparsable body is exactly what validation is for
             return f"unparsable ModelInferResponse: {exc}"
+
+    def problem_in_answer(self, data: bytes, header_length: str | None) -> str | None:
+        """The same checks on a v2 REST answer (binary outputs after a JSON header)."""
+        try:
+            return self.problem(rest.infer_response(data, header_length))
+        except Exception as exc:
+            return f"unreadable inference answer: {exc}"
 
 
 class UnaryLoop:
@@ -350,16 +361,27 @@ class Connection:
     streaming: bool
 
 
+@dataclass(slots=True)
+class HttpConnection:
+    """One HTTP target: its HOST:PORT, the v2 REST call to post and how to check answers."""
+
+    target: str
+    body: rest.InferBody
+    validator: Validator
+
+
 class Worker:
     """Holds a connection per named target, so levels can alternate between targets cheaply."""
 
     def __init__(self) -> None:
-        self._connections: dict[str, Connection] = {}
+        self._connections: dict[str, Connection | HttpConnection] = {}
 
     def connect(self, command: Connect) -> Connected:
         old = self._connections.pop(command.name, None)
-        if old is not None:
+        if isinstance(old, Connection):
             old.channel.close()
+        if command.protocol == "http":
+            return self._connect_http(command)
         channel = grpc.insecure_channel(command.target, options=CHANNEL_OPTIONS)
         try:
             grpc.channel_ready_future(channel).result(timeout=command.timeout)
@@ -371,12 +393,44 @@ class Worker:
         )
         return Connected()
 
+    def _connect_http(self, command: Connect) -> Connected:
+        from torchwire.bench import httpload  # aiohttp only where HTTP is loaded
+
+        try:
+            httpload.wait_ready(command.target, command.timeout)
+        except ConnectionError as exc:
+            raise Fatal("UNAVAILABLE", str(exc)) from None
+        body = rest.InferBody(command.path, command.request, command.header_length)
+        self._connections[command.name] = HttpConnection(command.target, body, Validator(command.outputs))
+        return Connected()
+
+    def _grpc(self, name: str) -> Connection:
+        connection = self._connections[name]
+        if not isinstance(connection, Connection):
+            raise Fatal("INVALID_ARGUMENT", f"'{name}' is an HTTP target: a soak drives gRPC only")
+        return connection
+
     def run(self, command: Run) -> Measured:
         connection = self._connections[command.name]
         window = Window.from_monotonic(command.start_at, command.warmup, command.duration)
         concurrency = command.concurrency
         if concurrency == 0:
             return Tally().reply()
+        if isinstance(connection, HttpConnection):
+            from torchwire.bench import httpload
+
+            tally = Tally()
+            httpload.run(
+                connection.target,
+                connection.body,
+                concurrency,
+                window,
+                tally,
+                connection.validator,
+                deadline_s=DEADLINE_S,
+                validate_every=VALIDATE_EVERY,
+            )
+            return tally.reply()
         channel, request, validator = connection.channel, connection.request, connection.validator
         if connection.streaming:
             stream = channel.stream_stream(STREAM_INFER, request_serializer=None, response_deserializer=None)
@@ -398,12 +452,12 @@ class Worker:
         loops: list[UnaryLoop | StreamLoop] = []
         name, slots = command.unary
         if slots:
-            connection = self._connections[name]
+            connection = self._grpc(name)
             unary = connection.channel.unary_unary(INFER, request_serializer=None, response_deserializer=None)
             loops.append(UnaryLoop(unary, connection.request, slots, window, connection.validator))
         name, streams = command.streams
         for slots in streams:
-            connection = self._connections[name]
+            connection = self._grpc(name)
             stream = connection.channel.stream_stream(
                 STREAM_INFER, request_serializer=None, response_deserializer=None
             )

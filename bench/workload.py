@@ -17,6 +17,7 @@ from torchwire.client import _codec
 from torchwire.client._calls import ModelMetadata, TensorMetadata
 from torchwire.client._proto import grpc_service_pb2 as pb
 
+from . import rest
 from .protocol import OutputSpec
 
 Array = npt.NDArray[Any]
@@ -42,6 +43,10 @@ class Workload:
             )
             for t in self.outputs
         )
+
+    def http_body(self) -> rest.InferBody:
+        """The same request as a v2 REST call with binary tensors (--protocol http)."""
+        return rest.infer_body(pb.ModelInferRequest.FromString(self.request))
 
     def output_specs(self) -> list[str]:
         """`NAME:DATATYPE:DIMS` for bare_server.py --outputs (batch dimension first, -1)."""

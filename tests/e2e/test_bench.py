@@ -47,6 +47,14 @@ SIMPLE = ModelMetadata(
         ),
         (["soak", "--model", "mlp", "--duration", "-1"], "torchwire soak: --duration must be > 0"),
         (
+            ["bench", "--model", "mlp", "--protocol", "http", "--streaming"],
+            "torchwire bench: --streaming is gRPC's ModelStreamInfer: HTTP has no streams; drop one of them",
+        ),
+        (
+            ["bench", "--model", "mlp", "--protocol", "http", "--target", "127.0.0.1:1"],
+            "torchwire bench: --protocol http with --target needs --http-target HOST:PORT (its HTTP port)",
+        ),
+        (
             ["bench", "--model", "mlp", "--shape", "INPUT__0:zero"],
             "torchwire bench: --shape 'INPUT__0:zero': expected NAME:D1,D2,... with every size >= 1",
         ),
@@ -103,6 +111,55 @@ def test_short_run_writes_sane_results(tmp_path: Path) -> None:
     assert all(float(row["throughput"]) > 0 and float(row["vs_bare"]) > 0 for row in rows)
     assert json_path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tw/bare" in done.stdout  # the table was printed
+
+
+def test_short_http_run_records_the_protocol(tmp_path: Path) -> None:
+    """`--protocol http`: the spawned server's HTTP port is loaded, every answer 200 and valid."""
+    command = [sys.executable, "-m", "torchwire.server", "bench", "--model", "mlp", "--protocol", "http"]
+    command += ["--concurrency", "1,3", "--duration", "1", "--warmup", "0.3", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    (json_path,) = tmp_path.glob("mlp-*.json")
+    run = json.loads(json_path.read_text())
+    assert run["settings"]["protocol"] == "http"
+    assert [level["concurrency"] for level in run["levels"]] == [1, 3]
+    for level in run["levels"]:
+        measured = level["torchwire"]
+        assert measured["throughput"] > 0 and measured["completed"] > 0
+        assert measured["errors"] == {} and measured["problem"] is None
+        assert measured["mean_batch_size"] >= 1  # the statistics probe still reads gRPC
+        # No bare ceiling over HTTP, and the results say why.
+        assert level["bare"] is None and level["bare_flavors"] == {} and level["ratios"]["vs_bare"] is None
+        assert level["inprocess"]["rows_per_s"] > 0
+    assert any(note.startswith("bare ceiling skipped for --protocol http") for note in run["notes"])
+    assert "torchwire bench: mlp (http)" in done.stdout
+
+
+def test_http_load_generator_validates_and_counts() -> None:
+    """The pool over HTTP against a real server: valid answers counted, a wrong expectation flagged
+    from the sampled answer, an unknown model's 404 counted by its status."""
+    load = workload.build(SIMPLE, 8, 2)
+    with running_server(http_port=-1) as tw, WorkerPool(2) as pool:
+        pool.connect_http("tw", tw.http_target, load.http_body(), load.expected_outputs())
+        pool.start("tw", 3, time.monotonic() + 0.1, 0.1, 0.4)
+        sample = pool.collect()
+        assert sample.errors == {} and sample.problem is None
+        assert sample.latencies_ns.size > 0 and sample.latencies_ns.min() > 0
+
+        wrong = [dataclasses.replace(o, shape=(2, 17)) for o in load.expected_outputs()]
+        pool.connect_http("wrong", tw.http_target, load.http_body(), wrong)
+        pool.start("wrong", 1, time.monotonic() + 0.1, 0.0, 0.3)
+        sample = pool.collect()
+        assert sample.errors.get("INVALID_RESPONSE", 0) >= 1
+        assert sample.problem is not None and "[2, 17]" in sample.problem
+
+        unknown = dataclasses.replace(load.http_body(), path="/v2/models/nope/infer")
+        pool.connect_http("unknown", tw.http_target, unknown, load.expected_outputs())
+        pool.start("unknown", 1, time.monotonic() + 0.1, 0.0, 0.3)
+        sample = pool.collect()
+        assert sample.latencies_ns.size == 0
+        assert list(sample.errors) == ["HTTP_404"] and sample.errors["HTTP_404"] > 0
 
 
 @pytest.fixture(scope="module", params=["sync", "aio"])
