@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from torchwire.server.repository import ModelSpec, load_spec
+from torchwire.server.repository import ModelSpec, build_spec, load_spec
 from torchwire.server.repository.scanner import versions_of
 from torchwire.server.settings import default_threads
 
@@ -25,7 +25,7 @@ WARMUP_CALLS = 5
 
 @dataclass(frozen=True, slots=True)
 class LocalModel:
-    path: Path  # the TorchScript file the server loads (highest version)
+    path: Path  # the model file the server loads (highest version)
     spec: ModelSpec
 
 
@@ -42,7 +42,12 @@ def find_model(repository: Path, model: str) -> LocalModel | None:
     versions = versions_of(model_dir) if model_dir.is_dir() else ()
     if not versions:
         return None
-    spec = load_spec(model_dir)
+    if (model_dir / "config.pbtxt").exists():
+        spec = load_spec(model_dir)
+    else:  # an exported program's own signature completes it, as the server does (needs torch)
+        from torchwire.server.runtime import model_config
+
+        spec = build_spec(model_dir, model_config(model_dir))
     path = model_dir / str(max(versions)) / spec.model_file
     return LocalModel(path, spec) if path.is_file() else None
 
@@ -69,12 +74,13 @@ def measure(
     """Rows per second of the module forward passes at each batch size, in inference mode."""
     import torch
 
-    # The server's own loading (optimized where the config says) and numpy -> torch step.
-    from torchwire.server.runtime.torchscript import load_module, to_tensor
+    # The server's own loading (any kind, optimized where the config says) and numpy -> torch step.
+    from torchwire.server.runtime import load_forward
+    from torchwire.server.runtime.model import to_tensor
 
     spec = local.spec
     batched = spec.max_batch_size > 0
-    module = load_module(local.path, spec)
+    forward = load_forward(local.path, spec)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # restored below: the caller's process keeps its own setting
     results: dict[int, InProcess] = {}
@@ -87,11 +93,11 @@ def measure(
             ]
             with torch.inference_mode():
                 for _ in range(WARMUP_CALLS):
-                    module(*tensors)
+                    forward(tensors)
                 calls = 0
                 started = time.perf_counter()
                 while (elapsed := time.perf_counter() - started) < seconds:
-                    module(*tensors)
+                    forward(tensors)
                     calls += 1
             rows_done = calls * (batch if batched else 1)
             results[batch] = InProcess(batch if batched else 1, rows_done / elapsed, threads)

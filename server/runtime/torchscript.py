@@ -1,125 +1,36 @@
-"""Loads a TorchScript model and runs its forward pass on numpy batches, off the event loop.
-
-Each model owns one thread per instance (instances.py); every forward pass runs there, so the event
-loop never waits on torch.
-"""
+"""Loads a TorchScript file (`model.pt`, platform pytorch_libtorch)."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
 
-from ..errors import ConfigError, ModelExecutionError
-from ..repository import ModelSpec, TensorSpec
-from .instances import Instances
-from .warmup import warmup_batches
+from ..errors import ConfigError
+from ..repository import ModelSpec
+from .model import Forward, first_line
 
-Array = npt.NDArray[Any]
-
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "UINT8": torch.uint8,
-    "INT8": torch.int8,
-    "INT16": torch.int16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "FP16": torch.float16,
-    "BF16": torch.bfloat16,
-    "FP32": torch.float32,
-    "FP64": torch.float64,
-}
-
-# Inputs are views of the request's immutable bytes; torch warns that they are read-only. Models
-# are not expected to write into their inputs (batched requests get a fresh concatenated copy).
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+# torch 2.13 deprecates torch.jit in favour of torch.export. Serving TorchScript is deliberate (the
+# design card asks for it, existing repositories rely on it), so exactly the calls made here are quiet.
+# A filter installed once: warnings.catch_warnings is not safe around loads running on several threads.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`torch\.jit\.(load|optimize_for_inference|freeze)` is deprecated",
+    category=DeprecationWarning,
+)
 
 
-def to_tensor(array: Array, spec: TensorSpec, rows: int | None) -> torch.Tensor:
-    if spec.datatype == "BF16":  # raw BF16 arrives as its uint16 bit pattern
-        tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    else:
-        tensor = torch.from_numpy(array)
-    if spec.reshape is not None:
-        tensor = tensor.reshape(((rows,) if rows is not None else ()) + spec.reshape)
-    return tensor
-
-
-def to_array(tensor: torch.Tensor, spec: TensorSpec) -> Array:
-    if tensor.dtype == torch.bfloat16:
-        return tensor.contiguous().view(torch.int16).numpy().view(np.uint16)
-    return tensor.contiguous().numpy()
-
-
-class TorchScriptModel:
-    """One loaded version of a model, with its instance threads."""
-
-    def __init__(self, module: torch.jit.ScriptModule, spec: ModelSpec, threads: int) -> None:
-        self.spec = spec
-        self._module = module
-        self._batched = spec.max_batch_size > 0
-        self._instances: Instances[Sequence[Array], list[Array]] = Instances(
-            self.forward, count=spec.instances, threads=threads, name=f"torchwire-{spec.name}"
+def load_file(path: Path) -> torch.jit.ScriptModule:
+    """Blocking: the TorchScript module at path on the CPU, in eval mode."""
+    try:
+        module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+            str(path), map_location="cpu"
         )
-
-    def run(self, inputs: Sequence[Array]) -> Awaitable[list[Array]]:
-        """The model's outputs (config order) for inputs in config order; runs in an instance thread."""
-        return self._instances.submit(inputs)
-
-    def forward(self, inputs: Sequence[Array]) -> list[Array]:
-        spec = self.spec
-        rows = inputs[0].shape[0] if self._batched else None
-        tensors = [to_tensor(a, t, rows) for a, t in zip(inputs, spec.inputs, strict=True)]
-        try:
-            with torch.inference_mode():
-                result = self._module(*tensors)
-        except Exception as exc:  # the model's own failure: report its message, not ours
-            raise ModelExecutionError(f"model '{spec.name}' failed in forward(): {_first_line(exc)}") from exc
-        return self._check_outputs(result, rows)
-
-    def _check_outputs(self, result: Any, rows: int | None) -> list[Array]:
-        spec = self.spec
-        outputs = list(result) if isinstance(result, list | tuple) else [result]
-        if len(outputs) != len(spec.outputs) or not all(isinstance(o, torch.Tensor) for o in outputs):
-            kinds = ", ".join(type(o).__name__ for o in outputs)
-            raise ModelExecutionError(
-                f"model '{spec.name}' returned {len(outputs)} value(s) ({kinds}); its config lists "
-                f"{len(spec.outputs)} output tensor(s): {', '.join(t.name for t in spec.outputs)}"
-            )
-        arrays: list[Array] = []
-        for tensor, t in zip(outputs, spec.outputs, strict=True):
-            want = TORCH_DTYPES[t.datatype]
-            if tensor.dtype != want:
-                raise ModelExecutionError(
-                    f"model '{spec.name}' output '{t.name}' has dtype {tensor.dtype}, "
-                    f"config says {t.datatype}"
-                )
-            shape = tuple(tensor.shape)
-            body = shape[1:] if rows is not None else shape
-            if (rows is not None and (not shape or shape[0] != rows)) or not t.matches(body):
-                expected = ([rows] if rows is not None else []) + list(t.dims)
-                raise ModelExecutionError(
-                    f"model '{spec.name}' output '{t.name}' has shape {list(shape)}, expected {expected}"
-                )
-            arrays.append(to_array(tensor.detach().cpu(), t))
-        return arrays
-
-    def close(self) -> None:
-        self._instances.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    """TorchScript errors carry the whole script traceback; the first meaningful line is the message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "error" in line:
-            return line
-    return lines[-1] if lines else type(exc).__name__
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a loadable TorchScript file: {first_line(exc)}") from exc
+    module.eval()
+    return module
 
 
 def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
@@ -130,31 +41,18 @@ def load_module(path: Path, spec: ModelSpec) -> torch.jit.ScriptModule:
     example CNN (2 threads, this machine): a batch of 24 in 498 µs instead of 652; but a batch of 1
     in 149 µs instead of 114, so it is a choice per model, off by default.
     """
-    if not path.is_file():
-        raise ConfigError(f"{path}: model file not found (config field 'default_model_filename' names it)")
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        raise ConfigError(f"{path}: not a loadable TorchScript file: {_first_line(exc)}") from exc
-    module.eval()
+    module = load_file(path)
     if spec.optimize:
         try:
             module = torch.jit.optimize_for_inference(module)
         except Exception as exc:
             raise ConfigError(
                 f"{path}: parameters 'OPTIMIZE_FOR_INFERENCE' is set, and torch.jit.optimize_for_inference "
-                f"failed: {_first_line(exc)}"
+                f"failed: {first_line(exc)}"
             ) from exc
     return module
 
 
-def load_model(path: Path, spec: ModelSpec, threads: int) -> TorchScriptModel:
-    """Blocking: load the module (load_module), start its instance threads, then warm it up."""
-    model = TorchScriptModel(load_module(path, spec), spec, threads)
-    try:
-        for batch in warmup_batches(spec):
-            model.forward(batch)
-    except (ModelExecutionError, ConfigError) as exc:
-        model.close()
-        raise ConfigError(f"{path}: warmup failed: {exc}") from exc
-    return model
+def load_torchscript(path: Path, spec: ModelSpec) -> Forward:
+    module = load_module(path, spec)
+    return lambda tensors: module(*tensors)

@@ -1,0 +1,237 @@
+"""Loads `model.pt2` files: torch.export ExportedPrograms and AOTInductor packages.
+
+Both are PT2 archives (zip files). What the archive holds tells them apart: an AOTInductor package
+has compiled code under `data/aotinductor/`, an ExportedProgram has only the program
+(`models/*.json` and its weights). The config's platform names which one the model folder means
+(`torch_aoti` or `torch_export`); a file of the other kind is refused at load, naming both.
+
+An AOTInductor package is native code built for one OS, CPU architecture (and instruction set) and
+torch version. Those are checked from the archive's metadata before its library is loaded, so a
+foreign package is refused with a reason instead of failing, or crashing, inside the library.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch._inductor.package import load_package  # type: ignore[attr-defined]
+
+from ..errors import ConfigError
+from ..repository import ModelSpec
+from .model import DATATYPES, Forward, first_line
+from .signature import DYNAMIC, Signature, TensorSignature, check
+
+AOTI = "torch_aoti"
+EXPORT = "torch_export"
+KIND_NAMES = {AOTI: "an AOTInductor package", EXPORT: "an ExportedProgram (torch.export.save)"}
+# Keys torchwire adds to an AOTInductor package's metadata when it builds one (`torchwire export`).
+TORCH_VERSION_KEY = "torchwire.torch_version"
+SIGNATURE_KEY = "torchwire.signature"
+_AOTI_DIR = "data/aotinductor/"
+# torch.export.load keeps its deserializer in a global: two loads at once (models load side by side,
+# each on its own thread) fail with "_CURRENT_DESERIALIZER is already set".
+_DESERIALIZING = threading.Lock()
+
+
+def _names(path: Path) -> list[str]:
+    """The archive's entries with its top folder removed (torch names that folder after the file)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [name.split("/", 1)[1] for name in archive.namelist() if "/" in name]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ConfigError(
+            f"{path}: not a PT2 archive (torch.export.save or an AOTInductor package): {exc}"
+        ) from exc
+
+
+def archive_kind(path: Path) -> str:
+    """AOTI or EXPORT, from what the archive holds."""
+    names = _names(path)
+    if any(name.startswith(_AOTI_DIR) and name.endswith(".so") for name in names):
+        return AOTI
+    if any(name.startswith("models/") and name.endswith(".json") for name in names):
+        return EXPORT
+    raise ConfigError(
+        f"{path}: a zip file, but it holds neither an ExportedProgram nor an AOTInductor package"
+    )
+
+
+def aoti_metadata(path: Path) -> dict[str, str]:
+    """The metadata AOTInductor recorded at compile time (device, platform, CPU ISA, and ours)."""
+    metadata: dict[str, str] = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.split("/", 1)[-1].startswith(_AOTI_DIR) and name.endswith("wrapper_metadata.json"):
+                try:
+                    metadata.update(json.loads(archive.read(name)))
+                except (ValueError, OSError) as exc:
+                    raise ConfigError(f"{path}: unreadable AOTInductor metadata {name}: {exc}") from exc
+    return metadata
+
+
+def _runs_here(isa: str) -> bool:
+    """Whether this CPU has an x86 instruction set AOTInductor compiled for (other names: assumed;
+    the machine check already tells architectures apart)."""
+    cpu: Any = torch.cpu  # the probes inductor itself uses to pick an ISA, untyped
+    probes = {
+        "AVX2": ("_is_avx2_supported",),
+        "AVX512": ("_is_avx512_supported",),
+        "AVX512_VNNI": ("_is_avx512_supported", "_is_vnni_supported"),
+        "AVX512_BF16": ("_is_avx512_bf16_supported",),
+        "AMX_TILE": ("_is_amx_tile_supported",),
+        "AMX_FP16": ("_is_amx_fp16_supported",),
+    }
+    return all(getattr(cpu, probe, lambda: True)() for probe in probes.get(isa, ()))
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def check_portable(path: Path, metadata: dict[str, str]) -> None:
+    """ConfigError if the package was built for another OS, CPU or torch version than this server's."""
+    here = {"AOTI_PLATFORM": sys.platform, "AOTI_MACHINE": platform.machine()}
+    for key, value in here.items():
+        built = metadata.get(key)
+        if built is not None and built != value:
+            raise ConfigError(
+                f"{path}: an AOTInductor package built for {key.removeprefix('AOTI_').lower()} '{built}', "
+                f"this server runs on '{value}': rebuild it here (`torchwire export`)"
+            )
+    device = metadata.get("AOTI_DEVICE_KEY", "cpu")
+    if device != "cpu":
+        raise ConfigError(
+            f"{path}: an AOTInductor package built for device '{device}'; torchwire runs on the CPU"
+        )
+    missing = [isa for isa in metadata.get("AOTI_CPU_ISA", "").split() if not _runs_here(isa)]
+    if missing:
+        raise ConfigError(
+            f"{path}: an AOTInductor package built for CPU instructions {' '.join(missing)}, which this CPU "
+            f"lacks: rebuild it here (`torchwire export`)"
+        )
+    built_torch = metadata.get(TORCH_VERSION_KEY)
+    if built_torch is not None and _minor(built_torch) != _minor(torch.__version__):
+        raise ConfigError(
+            f"{path}: an AOTInductor package built with torch {built_torch}, this server runs torch "
+            f"{torch.__version__}: rebuild it with this torch (`torchwire export`)"
+        )
+
+
+def exported_signature(program: torch.export.ExportedProgram) -> Signature:
+    """The program's user inputs and outputs, and its batch dimension if it has a dynamic one."""
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    nodes = {node.name: node for node in program.graph.nodes}
+    graph = program.graph_signature
+    user_inputs = [spec.arg.name for spec in graph.input_specs if spec.kind == InputKind.USER_INPUT]
+    output_node = next(node for node in program.graph.nodes if node.op == "output")
+    returned = list(output_node.args[0])
+    user_outputs = [
+        returned[i] for i, spec in enumerate(graph.output_specs) if spec.kind == OutputKind.USER_OUTPUT
+    ]
+    symbols: list[Any] = []
+
+    def tensor(kind: str, index: int, value: Any) -> TensorSignature:
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(
+                f"the program's {kind} {index} is a {type(value).__name__}, only tensors are served"
+            )
+        if value.dtype not in DATATYPES:
+            raise ConfigError(
+                f"the program's {kind} {index} has dtype {value.dtype}, which torchwire cannot serve"
+            )
+        shape = []
+        sizes: list[Any] = list(value.shape)  # ints, or SymInts where dynamic
+        for d, size in enumerate(sizes):
+            if isinstance(size, int):
+                shape.append(size)
+            else:
+                shape.append(DYNAMIC)
+                if d == 0:
+                    symbols.append(size.node.expr)
+        if not value.shape or isinstance(value.shape[0], int):
+            symbols.append(None)
+        return TensorSignature(DATATYPES[value.dtype], tuple(shape))
+
+    inputs = tuple(tensor("input", i, nodes[name].meta.get("val")) for i, name in enumerate(user_inputs))
+    outputs = tuple(
+        tensor("output", i, node.meta.get("val") if hasattr(node, "meta") else node)
+        for i, node in enumerate(user_outputs)
+    )
+    batch = None
+    first = symbols[0] if symbols else None
+    if first is not None and all(s == first for s in symbols) and getattr(first, "is_Symbol", False):
+        bounds = program.range_constraints.get(first)
+        if bounds is not None:
+            upper = bounds.upper
+            batch = (int(bounds.lower), int(upper) if upper.is_finite else None)
+    return Signature(inputs, outputs, batch)
+
+
+def read_signature(path: Path) -> tuple[str, Signature | None]:
+    """Blocking: the file's kind and its signature (None for an AOTInductor package that records none)."""
+    kind = archive_kind(path)
+    if kind == AOTI:
+        metadata = aoti_metadata(path)
+        check_portable(path, metadata)
+        text = metadata.get(SIGNATURE_KEY)
+        try:
+            return kind, Signature.from_json(text) if text else None
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ConfigError(f"{path}: metadata '{SIGNATURE_KEY}' is not a signature: {exc}") from exc
+    return kind, _signature_of(path, _load_program(path))
+
+
+def _signature_of(path: Path, program: torch.export.ExportedProgram) -> Signature:
+    try:
+        return exported_signature(program)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _load_program(path: Path) -> torch.export.ExportedProgram:
+    try:
+        with _DESERIALIZING:
+            return torch.export.load(str(path))
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a loadable ExportedProgram: {first_line(exc)}") from exc
+
+
+def load_exported(path: Path, spec: ModelSpec) -> Forward:
+    """Blocking: the forward pass of an ExportedProgram or AOTInductor package, checked against the config."""
+    if spec.optimize:
+        raise ConfigError(f"{path}: parameters 'OPTIMIZE_FOR_INFERENCE' applies to TorchScript models only")
+    kind = archive_kind(path)
+    if kind != spec.platform:
+        other = "torch_aoti" if kind == AOTI else "torch_export"
+        raise ConfigError(
+            f"{path}: config.pbtxt says platform '{spec.platform}' ({KIND_NAMES[spec.platform]}), the file "
+            f"is {KIND_NAMES[kind]}: set platform '{other}'"
+        )
+    if kind == EXPORT:
+        program = _load_program(path)
+        check(_signature_of(path, program), spec, path)
+        module = program.module()
+        return lambda tensors: module(*tensors)
+    metadata = aoti_metadata(path)
+    check_portable(path, metadata)
+    if SIGNATURE_KEY in metadata:
+        _, signature = read_signature(path)
+        if signature is not None:
+            check(signature, spec, path)
+    try:
+        # One runner per instance thread, so instances run side by side instead of taking turns.
+        package = load_package(str(path), num_runners=spec.instances)
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a loadable AOTInductor package: {first_line(exc)}") from exc
+    # The package's own __call__ parses its pytree specs on every call (~25 µs); the loader's
+    # boxed_run takes the flat tensor list the runtime already has. Outputs come back flat, in order.
+    run = package.loader.boxed_run
+    return lambda tensors: run(list(tensors))

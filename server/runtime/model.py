@@ -1,0 +1,124 @@
+"""One loaded model version of any kind: numpy batches in, checked numpy outputs out, on instance threads.
+
+The kinds (TorchScript, ExportedProgram, AOTInductor) differ only in how their file loads and how a
+list of tensors reaches their forward pass (loader.py); everything around that is here, once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ..errors import ModelExecutionError
+from ..repository import ModelSpec, TensorSpec
+from .instances import Instances
+
+Array = npt.NDArray[Any]
+# A model's forward pass as the runtime calls it: tensors in config input order, whatever the model
+# returns (a tensor, or a tuple or list of them).
+Forward = Callable[[list[torch.Tensor]], Any]
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "UINT8": torch.uint8,
+    "INT8": torch.int8,
+    "INT16": torch.int16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "FP16": torch.float16,
+    "BF16": torch.bfloat16,
+    "FP32": torch.float32,
+    "FP64": torch.float64,
+}
+DATATYPES: dict[torch.dtype, str] = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+
+# Inputs are views of the request's immutable bytes; torch warns that they are read-only. Models
+# are not expected to write into their inputs (batched requests get a fresh concatenated copy).
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+def to_tensor(array: Array, spec: TensorSpec, rows: int | None) -> torch.Tensor:
+    if spec.datatype == "BF16":  # raw BF16 arrives as its uint16 bit pattern
+        tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(array)
+    if spec.reshape is not None:
+        tensor = tensor.reshape(((rows,) if rows is not None else ()) + spec.reshape)
+    return tensor
+
+
+def to_array(tensor: torch.Tensor, spec: TensorSpec) -> Array:
+    if tensor.dtype == torch.bfloat16:
+        return tensor.contiguous().view(torch.int16).numpy().view(np.uint16)
+    return tensor.contiguous().numpy()
+
+
+def first_line(exc: BaseException) -> str:
+    """TorchScript errors carry the whole script traceback; the first meaningful line is the message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line
+    return lines[-1] if lines else type(exc).__name__
+
+
+class LoadedModel:
+    """One loaded version of a model, with its instance threads."""
+
+    def __init__(self, forward: Forward, spec: ModelSpec, threads: int) -> None:
+        self.spec = spec
+        self._forward = forward
+        self._batched = spec.max_batch_size > 0
+        self._instances: Instances[Sequence[Array], list[Array]] = Instances(
+            self.forward, count=spec.instances, threads=threads, name=f"torchwire-{spec.name}"
+        )
+
+    def run(self, inputs: Sequence[Array]) -> Awaitable[list[Array]]:
+        """The model's outputs (config order) for inputs in config order; runs in an instance thread."""
+        return self._instances.submit(inputs)
+
+    def forward(self, inputs: Sequence[Array]) -> list[Array]:
+        spec = self.spec
+        rows = inputs[0].shape[0] if self._batched else None
+        tensors = [to_tensor(a, t, rows) for a, t in zip(inputs, spec.inputs, strict=True)]
+        try:
+            with torch.inference_mode():
+                result = self._forward(tensors)
+        except Exception as exc:  # the model's own failure: report its message, not ours
+            raise ModelExecutionError(f"model '{spec.name}' failed in forward(): {first_line(exc)}") from exc
+        return self._check_outputs(result, rows)
+
+    def _check_outputs(self, result: Any, rows: int | None) -> list[Array]:
+        spec = self.spec
+        outputs = list(result) if isinstance(result, list | tuple) else [result]
+        if len(outputs) != len(spec.outputs) or not all(isinstance(o, torch.Tensor) for o in outputs):
+            kinds = ", ".join(type(o).__name__ for o in outputs)
+            raise ModelExecutionError(
+                f"model '{spec.name}' returned {len(outputs)} value(s) ({kinds}); its config lists "
+                f"{len(spec.outputs)} output tensor(s): {', '.join(t.name for t in spec.outputs)}"
+            )
+        arrays: list[Array] = []
+        for tensor, t in zip(outputs, spec.outputs, strict=True):
+            want = TORCH_DTYPES[t.datatype]
+            if tensor.dtype != want:
+                raise ModelExecutionError(
+                    f"model '{spec.name}' output '{t.name}' has dtype {tensor.dtype}, "
+                    f"config says {t.datatype}"
+                )
+            shape = tuple(tensor.shape)
+            body = shape[1:] if rows is not None else shape
+            if (rows is not None and (not shape or shape[0] != rows)) or not t.matches(body):
+                expected = ([rows] if rows is not None else []) + list(t.dims)
+                raise ModelExecutionError(
+                    f"model '{spec.name}' output '{t.name}' has shape {list(shape)}, expected {expected}"
+                )
+            arrays.append(to_array(tensor.detach().cpu(), t))
+        return arrays
+
+    def close(self) -> None:
+        self._instances.close()
