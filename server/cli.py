@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from . import settings as settings_module
 from .bench import commands as bench_commands
 from .eventloop import loop_factory
+from .export import command as export_command
 from .observability import configure_logging
 from .settings import Settings
 
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="torchwire", description="Serve TorchScript models over gRPC (KServe v2)."
+        prog="torchwire",
+        description="Serve PyTorch models (TorchScript, torch.export, AOTInductor) over gRPC (KServe v2).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     settings_module.add_arguments(serve)
     bench_commands.register(commands)
+    export_command.register(commands)
     return parser
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchwire.server.export import export_module, write_model_folder
+from torchwire.server.export.build import export_module, write_model_folder
 
 HERE = Path(__file__).resolve()
 SERVER = HERE.parent.parent / "server"
@@ -77,7 +77,7 @@ def build(cache: Path) -> Path:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    program = export_module(TwoInputs(), examples(), MAX_BATCH)
+    program = export_module(TwoInputs().eval(), examples(), MAX_BATCH)
     write_model_folder(program, folder, AOTI_MODEL, kind="torch_aoti", max_batch_size=MAX_BATCH)
     write_model_folder(program, folder, EP_MODEL, kind="torch_export", max_batch_size=MAX_BATCH)
     (folder / EP_MODEL / "config.pbtxt").unlink()

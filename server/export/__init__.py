@@ -1,5 +1,5 @@
-"""`torchwire export`: turn a PyTorch module into a ready model folder (`model.pt2` + `config.pbtxt`)."""
+"""`torchwire export`: turn a PyTorch module into a ready model folder (`model.pt2` + `config.pbtxt`).
 
-from .build import EXPORT_KINDS, ExportError, export_module, export_torchscript, write_model_folder
-
-__all__ = ["EXPORT_KINDS", "ExportError", "export_module", "export_torchscript", "write_model_folder"]
+command.py is the command line (imported by `torchwire --help`, so it imports no torch); build.py
+exports and writes folders; convert.py finds what to export.
+"""

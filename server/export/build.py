@@ -1,6 +1,7 @@
 """Export a module with a dynamic batch dimension and write it as a served model folder.
 
-AOTInductor by default: native code for this machine, the fastest forward pass. The package
+AOTInductor by default: native code for this machine (or, `portable`, for any x86-64-v3 CPU), the
+fastest forward pass. The package
 records the torch version and the program's signature in its metadata, so a server can refuse it
 on another torch and complete its config without a config.pbtxt. `--kind torch_export` writes the
 ExportedProgram instead: portable, no compiler needed, slower per call.
@@ -8,6 +9,7 @@ ExportedProgram instead: portable, no compiler needed, slower per call.
 
 from __future__ import annotations
 
+import platform
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -35,8 +37,8 @@ class ExportError(Exception):
 def export_module(
     module: torch.nn.Module, examples: Sequence[torch.Tensor], max_batch_size: int
 ) -> torch.export.ExportedProgram:
-    """torch.export with dimension 0 of every input one dynamic batch dimension of 1..max_batch_size."""
-    module.eval()
+    """torch.export with dimension 0 of every input one dynamic batch dimension of 1..max_batch_size;
+    the module as it is (the caller puts it in eval mode)."""
     batch = torch.export.Dim("batch", max=max_batch_size)
     try:
         return torch.export.export(
@@ -69,12 +71,19 @@ def export_torchscript(
     return export_module(program.module(), examples, max_batch_size)
 
 
-def _compile(program: torch.export.ExportedProgram, signature: Signature, path: Path) -> None:
+# x86-64-v3 (AVX2, FMA): what x86 servers of the last decade run; AVX-512 kernels would need AVX-512.
+PORTABLE_X86: dict[str, Any] = {"cpp.march": "x86-64-v3", "cpp.simdlen": 256}
+
+
+def _compile(program: torch.export.ExportedProgram, signature: Signature, path: Path, portable: bool) -> None:
     metadata = {TORCH_VERSION_KEY: torch.__version__, SIGNATURE_KEY: signature.to_json()}
+    configs: dict[str, Any] = {"aot_inductor.metadata": metadata}
+    if portable:
+        if platform.machine() not in ("x86_64", "AMD64"):
+            raise ExportError(f"--portable targets x86-64-v3; this machine is {platform.machine()}")
+        configs.update(PORTABLE_X86)
     try:
-        torch._inductor.aoti_compile_and_package(
-            program, package_path=str(path), inductor_configs={"aot_inductor.metadata": metadata}
-        )
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
     except Exception as exc:
         raise ExportError(f"AOTInductor cannot compile the program: {first_line(exc)}") from exc
 
@@ -87,6 +96,7 @@ def write_model_folder(
     kind: str = AOTI,
     max_batch_size: int,
     version: int = 1,
+    portable: bool = False,
 ) -> Path:
     """Write `repository/name/version/model.pt2` and `repository/name/config.pbtxt`; the version folder
     appears at once (built aside, then renamed in), so a polling server never sees half a package."""
@@ -98,7 +108,7 @@ def write_model_folder(
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=model_dir))
     try:
         if kind == AOTI:
-            _compile(program, signature, staging / MODEL_FILE)
+            _compile(program, signature, staging / MODEL_FILE, portable)
         else:
             torch.export.save(program, str(staging / MODEL_FILE))
         config = completed_config(signature, name, kind)
