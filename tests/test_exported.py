@@ -69,15 +69,25 @@ def test_both_kinds_answer_like_the_eager_module_through_both_clients(repository
                     np.testing.assert_array_equal(got[1], want[1])
 
 
-def test_a_folder_without_config_serves_with_a_complete_model_config(repository: Path) -> None:
+def test_a_folder_without_config_serves_with_a_complete_model_config(
+    repository: Path, exported_models: Path
+) -> None:
     assert not (repository / EP_MODEL / "config.pbtxt").exists()
+    (repository / "static" / "1").mkdir(parents=True)  # no dynamic batch dimension: served unbatched
+    shutil.copy(exported_models / "static.pt2", repository / "static" / "1" / "model.pt2")
     with running_server(repository) as server:
         client = triton.InferenceServerClient(server.target)
         try:
             config = client.get_model_config(EP_MODEL, as_json=True)["config"]
             metadata = client.get_model_metadata(EP_MODEL, as_json=True)
+            static = client.get_model_config("static", as_json=True)["config"]
         finally:
             client.close()
+        with Client(server.target, timeout=60) as ours:
+            feed = inputs(2)
+            np.testing.assert_array_equal(ours.predict("static", feed)["OUTPUT__1"], eager(feed)[1])
+    assert static.get("max_batch_size", 0) == 0 and "dynamic_batching" not in static
+    assert [t["dims"] for t in static["input"]] == [["2", "4"], ["2", "3"]]
     assert config["name"] == EP_MODEL
     assert config["platform"] == "torch_export" and config["backend"] == "pytorch"
     assert config["max_batch_size"] == MAX_BATCH

@@ -48,6 +48,11 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--max-batch-size", type=int, default=32, help="the batch dimension's maximum [32]")
     parser.add_argument("--version", type=int, default=1, help="the version folder to write [1]")
+    parser.add_argument(
+        "--portable",
+        action="store_true",
+        help="compile for any x86-64-v3 (AVX2) CPU instead of this one (torch_aoti on x86-64)",
+    )
     parser.set_defaults(run=run)
 
 

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace, shapes: Sequence[tuple[str, list[int]]]) -> Pa
         kind=args.kind,
         max_batch_size=args.max_batch_size,
         version=args.version,
+        portable=args.portable,
     )
 
 
@@ -85,7 +86,13 @@ def _convert(source: Path, repository: Path, args: argparse.Namespace) -> Path:
     program = export_torchscript(path, example_inputs(shapes), spec.max_batch_size)
     name = args.name or f"{source.name}_{'aoti' if args.kind == 'torch_aoti' else 'export'}"
     folder = write_model_folder(
-        program, repository, name, kind=args.kind, max_batch_size=spec.max_batch_size, version=args.version
+        program,
+        repository,
+        name,
+        kind=args.kind,
+        max_batch_size=spec.max_batch_size,
+        version=args.version,
+        portable=args.portable,
     )
     kept = type(config)()
     kept.CopyFrom(config)
