@@ -239,3 +239,18 @@ def test_broken_mismatched_static_and_foreign_packages_are_unavailable_with_a_re
         assert reason in index[name].reason, (name, index[name].reason)
     assert "max_batch_size is 64" in index["too_big"].reason
     assert "torch.export.Dim('batch', max=16)" in index["static"].reason
+
+
+def test_the_bench_ceiling_runs_exported_models_as_the_server_loads_them(repository: Path) -> None:
+    from torchwire.models import REPOSITORY
+    from torchwire.server.bench import ceilings
+
+    for folder, name in ((repository, EP_MODEL), (REPOSITORY, "mlp_aoti")):
+        local = ceilings.find_model(folder, name)
+        assert local is not None and local.path.name == "model.pt2"
+        feed = inputs(1) if name == EP_MODEL else {"INPUT__0": np.zeros((1, 64), np.float32)}
+        measured = ceilings.measure(local, feed, [1, 4], threads=1, seconds=0.05)
+        assert sorted(measured) == [1, 4]
+        assert all(m.rows_per_s > 0 and m.batch == b for b, m in measured.items())
+    # Without a config.pbtxt, the bench completes the config as the server does.
+    assert ceilings.find_model(repository, EP_MODEL).spec.config.platform == "torch_export"  # type: ignore[union-attr]
