@@ -254,3 +254,20 @@ def test_the_bench_ceiling_runs_exported_models_as_the_server_loads_them(reposit
         assert all(m.rows_per_s > 0 and m.batch == b for b, m in measured.items())
     # Without a config.pbtxt, the bench completes the config as the server does.
     assert ceilings.find_model(repository, EP_MODEL).spec.config.platform == "torch_export"  # type: ignore[union-attr]
+
+
+def test_streams_and_metrics_count_exported_models(repository: Path) -> None:
+    import urllib.request
+
+    feeds = [inputs(1 + i % 4) for i in range(30)]
+    with running_server(repository, metrics_port=-1) as server, Client(server.target, timeout=60) as client:
+        results = list(client.stream(AOTI_MODEL, feeds))
+        assert server.app.metrics is not None
+        url = f"http://127.0.0.1:{server.app.metrics.port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            metrics = reply.read().decode()
+    assert [r.index for r in results] == list(range(30))
+    for result, feed in zip(results, feeds, strict=True):
+        np.testing.assert_array_equal(result.unwrap()["OUTPUT__1"], eager(feed)[1])
+    rows = sum(len(feed["INPUT__0"]) for feed in feeds)
+    assert f'torchwire_inference_count_total{{model="{AOTI_MODEL}",version="1"}} {rows}.0' in metrics
