@@ -271,3 +271,28 @@ def test_streams_and_metrics_count_exported_models(repository: Path) -> None:
         np.testing.assert_array_equal(result.unwrap()["OUTPUT__1"], eager(feed)[1])
     rows = sum(len(feed["INPUT__0"]) for feed in feeds)
     assert f'torchwire_inference_count_total{{model="{AOTI_MODEL}",version="1"}} {rows}.0' in metrics
+
+
+def test_the_config_names_the_kind_as_triton_does(tmp_path: Path) -> None:
+    from google.protobuf import text_format
+
+    from torchwire.client._proto import model_config_pb2 as mc
+    from torchwire.server.errors import ConfigError
+    from torchwire.server.repository import build_spec
+
+    def spec(text: str) -> tuple[str, str]:
+        built = build_spec(tmp_path / "m", text_format.Parse(text + TENSORS, mc.ModelConfig()))
+        return built.platform, built.model_file
+
+    assert spec('platform: "torch_aoti"') == ("torch_aoti", "model.pt2")
+    assert spec('platform: "torch_export"') == ("torch_export", "model.pt2")
+    assert spec('backend: "pytorch" default_model_filename: "net.pt2"') == ("torch_aoti", "net.pt2")
+    assert spec('backend: "pytorch"') == ("pytorch_libtorch", "model.pt")
+    with pytest.raises(ConfigError, match="field 'platform' is 'onnxruntime_onnx', torchwire serves"):
+        spec('platform: "onnxruntime_onnx"')
+
+
+TENSORS = """
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [4] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [4] } ]
+"""
