@@ -1,22 +1,26 @@
-# torchwire: a CPU-only image that serves the model repository mounted at /models on port 8001.
-#   docker build -t torchwire .
-#   docker run -p 8001:8001 -v "$PWD/models:/models:ro" torchwire
+# torchwire: a CPU-only image that serves the model repository mounted at /models on port 8001,
+# with Prometheus metrics on 8002 (README "Docker"). The tag is the one deploy/ uses:
+#   docker build -t torchwire:0.1.0 .
+#   docker run -p 8001:8001 -p 8002:8002 -v "$PWD/models:/models:ro" torchwire:0.1.0
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # pip reads these when given: a package mirror (PIP_INDEX_URL), or a build with no registry at all
-# from a folder of wheels (PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; README "Container image").
+# from a folder of wheels (PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; README "Docker").
 ARG PIP_INDEX_URL PIP_NO_INDEX PIP_FIND_LINKS
-# The CPU build of torch: the default index would bring several GB of CUDA libraries.
+# The CPU build of torch, from PyTorch's CPU index if it answers, else from pip's index (the default
+# one would bring several GB of CUDA libraries): the same script as `make setup`.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN python -m venv /opt/torchwire
 ENV PATH=/opt/torchwire/bin:$PATH
-RUN pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0
+COPY scripts/install_torch.py /tmp/install_torch.py
+RUN python /tmp/install_torch.py
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY client ./client
 COPY server ./server
+COPY bench ./bench
 COPY models ./models
 RUN pip install "./[server]"
 

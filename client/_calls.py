@@ -92,8 +92,16 @@ def build_infer_request(
     version: str | None = None,
     outputs: Sequence[str] | None = None,
     request_id: str = "",
+    priority: int = 0,
+    queue_timeout: float | None = None,
 ) -> pb.ModelInferRequest:
+    """A ModelInferRequest; `priority` and `queue_timeout` (seconds) become Triton's `priority` and
+    `timeout` (µs) parameters, which the server's queue policy applies."""
     request = pb.ModelInferRequest(model_name=model, model_version=version or "", id=request_id)
+    if priority:
+        request.parameters["priority"].int64_param = priority
+    if queue_timeout is not None:
+        request.parameters["timeout"].int64_param = max(1, round(queue_timeout * 1e6))
     for name, value in inputs.items():
         array = np.asarray(value)
         datatype = _codec.datatype_of(array)
@@ -328,6 +336,17 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
+_OWN_SIZE_LIMIT = ("CLIENT: Sent message larger than max", "CLIENT: Received message larger than max")
+
+
+def closed_client() -> InferenceError:
+    """What a call on a closed client raises (grpc itself raises a bare ValueError)."""
+    return InferenceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the client is closed: make calls inside its `with` block, or create a new client",
+    )
+
+
 @contextlib.contextmanager
 def mapped_errors(request_id: str = "") -> Iterator[None]:
     """Turn gRPC and codec failures into InferenceError, keeping the original as the cause."""
@@ -337,6 +356,10 @@ def mapped_errors(request_id: str = "") -> Iterator[None]:
         code, details = grpc.StatusCode.UNKNOWN, None
         if isinstance(exc, grpc.aio.AioRpcError | grpc.Call):
             code, details = exc.code(), exc.details()
-        raise InferenceError(code, details or str(exc), request_id=request_id) from exc
+        message = details or str(exc)
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED and any(own in message for own in _OWN_SIZE_LIMIT):
+            # gRPC names no setting; the server's own message names its flag, so this names ours.
+            message += "; the client's limit: raise it with Client(..., max_message_bytes=N)"
+        raise InferenceError(code, message, request_id=request_id) from exc
     except _codec.CodecError as exc:
         raise InferenceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), request_id=request_id) from exc

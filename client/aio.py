@@ -44,6 +44,7 @@ class AsyncClient:
             self._channel
         )
         self._timeout = timeout
+        self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -54,9 +55,12 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
         await self._channel.close(None)
 
     def _call_options(self, timeout: Timeout) -> dict[str, Any]:
+        if self._closed:
+            raise _calls.closed_client()
         return {"timeout": _calls.resolve_timeout(timeout, self._timeout), "metadata": self._metadata}
 
     async def predict(
@@ -67,12 +71,23 @@ class AsyncClient:
         version: str | None = None,
         outputs: Sequence[str] | None = None,
         request_id: str = "",
+        priority: int = 0,
+        queue_timeout: float | None = None,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run `model` on named numpy inputs; returns its outputs (all, or those named) by name."""
+        """Run `model` on named numpy inputs; returns its outputs (all, or those named) by name.
+
+        `priority` (1 is the highest; 0, the model's default level) and `queue_timeout` (seconds
+        the request may wait in the model's queue) are Triton's per-request scheduling parameters."""
         with _calls.mapped_errors(request_id):
             request = _calls.build_infer_request(
-                model, inputs, version=version, outputs=outputs, request_id=request_id
+                model,
+                inputs,
+                version=version,
+                outputs=outputs,
+                request_id=request_id,
+                priority=priority,
+                queue_timeout=queue_timeout,
             )
             response = await self._stub.ModelInfer(request, **self._call_options(timeout))
             return _calls.decode_infer_response(response)

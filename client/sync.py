@@ -43,6 +43,7 @@ class Client:
         )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._timeout = timeout
+        self._closed = False
 
     def __enter__(self) -> Client:
         return self
@@ -53,9 +54,12 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
 
     def _call_options(self, timeout: Timeout) -> dict[str, Any]:
+        if self._closed:
+            raise _calls.closed_client()
         return {"timeout": _calls.resolve_timeout(timeout, self._timeout), "metadata": self._metadata}
 
     def predict(
@@ -66,12 +70,23 @@ class Client:
         version: str | None = None,
         outputs: Sequence[str] | None = None,
         request_id: str = "",
+        priority: int = 0,
+        queue_timeout: float | None = None,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run `model` on named numpy inputs; returns its outputs (all, or those named) by name."""
+        """Run `model` on named numpy inputs; returns its outputs (all, or those named) by name.
+
+        `priority` (1 is the highest; 0, the model's default level) and `queue_timeout` (seconds
+        the request may wait in the model's queue) are Triton's per-request scheduling parameters."""
         with _calls.mapped_errors(request_id):
             request = _calls.build_infer_request(
-                model, inputs, version=version, outputs=outputs, request_id=request_id
+                model,
+                inputs,
+                version=version,
+                outputs=outputs,
+                request_id=request_id,
+                priority=priority,
+                queue_timeout=queue_timeout,
             )
             response = self._stub.ModelInfer(request, **self._call_options(timeout))
             return _calls.decode_infer_response(response)
@@ -131,8 +146,8 @@ class Client:
         """Send every item of `inputs` on one ModelStreamInfer stream, up to `max_in_flight` at once.
 
         Yields a StreamResult per request: in input order when `ordered`, else as each completes.
-        A failed request raises its InferenceError (`errors="raise"`) or is yielded with `.error` set
-        (`errors="return"`); the stream goes on either way until the iterator is closed.
+        A failed request raises its InferenceError and ends the stream (`errors="raise"`), or is
+        yielded with `.error` set while the stream goes on (`errors="return"`).
         """
         slots = threading.Semaphore(max_in_flight)
         closed = threading.Event()

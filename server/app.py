@@ -4,27 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
-from .core import InferenceCore
-from .limits import Gate, Limits
+from .core.limits import Gate, Limits
+from .core.registry import Registry
+from .core.service import InferenceCore
 from .observability.logs import AccessLog
 from .observability.metrics import MetricsServer
 from .observability.tracing import Tracing, configure_exporter
-from .registry import Registry
 from .rpc import reflection
 from .rpc.auth import TokenAuth, read_tokens
-from .rpc.handlers import service_handler
+from .rpc.handlers import Admission, service_handler
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
 from .settings import Settings, default_threads
 
 log = logging.getLogger("torchwire")
+
+# After the server closes to new calls, it waits until none has come for this long (the calls gRPC
+# had already received come through first, each refused at once), at most SETTLE_MAX_S.
+SETTLE_QUIET_S = 0.2
+SETTLE_MAX_S = 2.0
+
+
+class StartupError(Exception):
+    """The server cannot start (a port it must listen on is taken); the message says what to change."""
+
+
+def _cannot_bind(host: str, port: int) -> str | None:
+    """Why a TCP listener cannot bind host:port now ("Address already in use"), or None if it can."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's listener does
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def bundled_repository() -> Path:
@@ -54,6 +78,8 @@ class App:
             ),
         )
         self.health = Health()
+        self.admission = Admission()
+        self.share_port = False  # bind the gRPC port beside other processes that ask the same
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -70,6 +96,9 @@ class App:
             # Clients may keep long streams alive with pings every 10 s or more.
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # gRPC shares a port with any process that also asks (SO_REUSEPORT) by default: a second
+            # server would silently take part of the first one's connections. Sharing is opt-in.
+            ("grpc.so_reuseport", 1 if self.share_port else 0),
         ]
         if settings.max_connection_age_s > 0:
             options += [
@@ -78,7 +107,7 @@ class App:
             ]
         return options
 
-    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         settings = self.settings
         if settings.auth_token_file is None:
             return []
@@ -121,6 +150,7 @@ class App:
                     servicer,
                     max_bytes=size,
                     gate=rpcs,
+                    admission=self.admission,
                 ),
                 service_handler(
                     health_pb2.DESCRIPTOR.services_by_name["Health"], self.health.servicer, max_bytes=size
@@ -132,22 +162,35 @@ class App:
         return server
 
     async def start(self) -> int:
-        """Listen at once (health says NOT_SERVING), then load the repository in the background."""
+        """Listen at once (health says NOT_SERVING), then load the repository in the background.
+        A port that cannot be bound raises StartupError, with nothing left running."""
         server = self._build_server()
         credentials = self._credentials()
-        if credentials is None:
-            self.port = server.add_insecure_port(self.settings.address)
-        else:
-            self.port = server.add_secure_port(self.settings.address, credentials)
+        # Asked first, so that a taken port is one clear line: gRPC logs its own lines, then says
+        # only "Failed to bind". (A shared port is meant to be taken already.)
+        asked = self.settings.port != 0 and not self.share_port
+        why = _cannot_bind(self.settings.host, self.settings.port) if asked else None
+        try:
+            if why is None:
+                self.port = (
+                    server.add_insecure_port(self.settings.address)
+                    if credentials is None
+                    else server.add_secure_port(self.settings.address, credentials)
+                )
+        except RuntimeError:
+            why = "gRPC could not bind it"
+        if why is not None:
+            raise StartupError(
+                f"cannot listen on {self.settings.address} for gRPC ({why}): choose another port with "
+                "--port or TORCHWIRE_PORT (0 picks a free one)"
+            )
         await server.start()
         self._server = server
         await self.health.start()
         if self.settings.trace:
             configure_exporter(self.settings.trace_exporter)
         if self.settings.metrics_port:
-            self.metrics = MetricsServer(self.core, self.settings.host, max(self.settings.metrics_port, 0))
-            metrics_port = self.metrics.start(asyncio.get_running_loop())
-            log.info("metrics on http://%s:%d/metrics", self.settings.host, metrics_port)
+            await self._start_metrics()
         log.info(
             "listening on %s:%d (%s; repository %s; event loop %s)",
             self.settings.host,
@@ -158,6 +201,23 @@ class App:
         )
         self._loading = asyncio.get_running_loop().create_task(self._load())
         return self.port
+
+    async def _start_metrics(self) -> None:
+        port = max(self.settings.metrics_port, 0)
+        self.metrics = MetricsServer(self.core.snapshot, self.settings.host, port)
+        try:
+            metrics_port = self.metrics.start(asyncio.get_running_loop())
+        except OSError as exc:
+            self.metrics = None
+            if self._server is not None:
+                await self._server.stop(None)
+                self._server = None
+            raise StartupError(
+                f"cannot listen on {self.settings.host}:{port} for metrics ({exc.strerror}): choose "
+                "another port with --metrics-port or TORCHWIRE_METRICS_PORT (0 turns metrics off, "
+                "-1 picks a free one)"
+            ) from exc
+        log.info("metrics on http://%s:%d/metrics", self.settings.host, metrics_port)
 
     async def _update_health(self) -> None:
         if not self._stopping:
@@ -179,9 +239,21 @@ class App:
                     state.value,
                     f" ({reason})" if reason else "",
                 )
-        ready = self.registry.ready()
         await self._update_health()
-        log.info("server %s", "ready" if ready else "NOT ready: a model asked for could not be loaded")
+        log.info("server %s", self._readiness_summary())
+
+    def _readiness_summary(self) -> str:
+        entries = self.registry.entries()
+        if self.registry.ready():
+            return "ready"
+        if not entries:
+            return (
+                f"NOT ready: the repository {self.repository} has no models (each model is a folder "
+                "with a config.pbtxt and a version folder such as 1/model.pt)"
+            )
+        if not any(entry.wanted for entry in entries):
+            return "NOT ready: no model was asked for (explicit model control: --load-model NAME)"
+        return "NOT ready: a model asked for could not be loaded"
 
     async def _poll_forever(self) -> None:
         while True:
@@ -208,6 +280,7 @@ class App:
             )
             await asyncio.sleep(self.settings.drain_delay_s)  # the point is to let load balancers notice
         if self._server is not None:
+            await self._close_to_new_calls()
             await self._server.stop(self.settings.shutdown_grace)
         for task in (self._loading, self._polling):
             if task is not None and not task.done():
@@ -216,4 +289,20 @@ class App:
         await self.registry.close()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
-        log.info("stopped: drained; %d requests succeeded, %d failed", succeeded, failed)
+        log.info(
+            "stopped: drained; %d requests succeeded, %d failed, %d refused while stopping",
+            succeeded,
+            failed,
+            self.admission.refused,
+        )
+
+    async def _close_to_new_calls(self) -> None:
+        """New calls get UNAVAILABLE from now on. Returns once the calls gRPC had received before have
+        reached the application (and been refused), so that `server.stop()` has none left to cancel."""
+        self.admission.close()
+        deadline = time.monotonic() + min(SETTLE_MAX_S, self.settings.shutdown_grace)
+        while time.monotonic() < deadline:
+            quiet_until = self.admission.last_refusal + SETTLE_QUIET_S
+            if time.monotonic() >= quiet_until:
+                return
+            await asyncio.sleep(min(quiet_until, deadline) - time.monotonic())

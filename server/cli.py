@@ -8,10 +8,10 @@ import gc
 import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 from . import settings as settings_module
-from .bench import commands as bench_commands
 from .eventloop import loop_factory
 from .export import command as export_command
 from .observability import configure_logging
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="torchwire",
         description="Serve PyTorch models (TorchScript, torch.export, AOTInductor) over gRPC (KServe v2).",
     )
+    parser.add_argument("--version", action="version", version=f"torchwire {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
@@ -34,9 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
         "Every flag can also be set with the TORCHWIRE_* variable it names; flags win.",
     )
     settings_module.add_arguments(serve)
+    from torchwire.bench import commands as bench_commands  # bench's modules load when they run
+
     bench_commands.register(commands)
     export_command.register(commands)
     return parser
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("torchwire")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
 
 
 async def serve(settings: Settings) -> None:
@@ -87,8 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"torchwire: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from .app import StartupError
+
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings))
+        try:
+            runner.run(serve(settings))
+        except StartupError as exc:
+            print(f"torchwire: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

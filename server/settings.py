@@ -206,7 +206,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         annotation = hints[f.name]
         base = _base_type(annotation)
         default = f.default if f.default is not dataclasses.MISSING else None
-        text = f"{f.metadata['help']} [env {_env_name(f.name)}; default {default}]"
+        shown = "none" if default in (None, ()) else default
+        text = f"{f.metadata['help']} [env {_env_name(f.name)}; default {shown}]"
         if base is bool:
             parser.add_argument(
                 _flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import DeadlineExpired, ModelExecutionError, ModelUnavailable, QueueFull
+from ..core.errors import DeadlineExpired, ModelExecutionError, ModelUnavailable, QueueFull
 from ..observability.statistics import ModelStatistics
 from ..repository import BatchingPolicy, QueuePolicy
 

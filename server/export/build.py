@@ -20,7 +20,8 @@ import torch
 from google.protobuf import text_format
 
 from ..repository.config import CONFIG_FILE
-from ..runtime.exported import AOTI, EXPORT, SIGNATURE_KEY, TORCH_VERSION_KEY, exported_signature
+from ..runtime.archives import AOTI, EXPORT
+from ..runtime.exported import SIGNATURE_KEY, TORCH_VERSION_KEY, exported_signature
 from ..runtime.model import first_line
 from ..runtime.signature import Signature, completed_config
 
@@ -54,7 +55,7 @@ def export_torchscript(
     """A TorchScript file as an ExportedProgram, where torch.export's TorchScript converter can."""
     from torch._export.converter import TS2EPConverter
 
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
     from ..runtime.torchscript import load_file
 
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from google.protobuf import text_format
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..repository import build_spec, read_config
 from ..repository.config import CONFIG_FILE
 from ..repository.scanner import versions_of

@@ -12,13 +12,16 @@ ACCESS = logging.getLogger("torchwire.access")
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = {
+        line: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # structured records (access lines) carry their values apart
+            line |= fields
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line)
@@ -44,7 +47,27 @@ class AccessLog:
     def wanted(self) -> bool:
         return self.sample > 0 and (self.sample >= 1 or random.random() < self.sample)
 
-    def log(self, method: str, model: str, code: str, seconds: float, peer: str) -> None:
+    def log(
+        self, method: str, model: str, version: str, code: str, seconds: float, peer: str, request_id: str
+    ) -> None:
+        """One line: as text, key=value pairs in the message; as JSON, each also a field of its own."""
+        fields = {
+            "method": method,
+            "model": model,
+            "version": version,
+            "status": code,
+            "duration_ms": round(seconds * 1000, 3),
+            "request_id": request_id,
+            "peer": peer,
+        }
         ACCESS.info(
-            "%s model=%s status=%s duration_ms=%.3f peer=%s", method, model or "-", code, seconds * 1000, peer
+            "%s model=%s version=%s status=%s duration_ms=%.3f request_id=%s peer=%s",
+            method,
+            model or "-",
+            version or "-",
+            code,
+            seconds * 1000,
+            request_id or "-",
+            peer,
+            extra={"fields": fields},
         )

@@ -8,20 +8,16 @@ the only thread that writes the statistics, so no counter is read half-updated.
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..core import FAILURE_LABELS, InferenceCore
-from ..registry import State
+from .snapshot import Snapshot
 from .statistics import Histogram, ModelStatistics
 
-FAILURE_REASONS = FAILURE_LABELS
 SNAPSHOT_TIMEOUT_S = 10.0
 
 # Per model version: (name, help, what it reads from the version's statistics).
@@ -46,46 +42,6 @@ HISTOGRAMS: tuple[tuple[str, str, Callable[[ModelStatistics], Histogram]], ...] 
 )
 
 
-@dataclass(frozen=True, slots=True)
-class VersionSnapshot:
-    model: str
-    version: str
-    stats: ModelStatistics
-    queued: int
-    in_flight: int
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    versions: list[VersionSnapshot]
-    states: list[tuple[str, str, str]]  # model, version, state
-    load_failures: dict[str, int]
-    unknown_model_requests: int
-
-
-def take_snapshot(core: InferenceCore) -> Snapshot:
-    """Runs on the event loop: copies what a scrape needs."""
-    versions: list[VersionSnapshot] = []
-    states: list[tuple[str, str, str]] = []
-    failures: dict[str, int] = {}
-    for entry in core.registry.entries():
-        failures[entry.name] = entry.load_failures
-        for version, (state, _) in sorted(entry.states.items()):
-            states.append((entry.name, str(version), state.value))
-        for version, served in sorted(entry.served.items()):
-            scheduler = served.scheduler
-            versions.append(
-                VersionSnapshot(
-                    entry.name,
-                    str(version),
-                    copy.deepcopy(served.stats),
-                    scheduler.queued,
-                    scheduler.in_flight,
-                )
-            )
-    return Snapshot(versions, states, failures, core.unknown_model_requests)
-
-
 def _histogram(name: str, doc: str, labels: list[str], rows: Iterable[tuple[list[str], Histogram]]) -> Metric:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for values, histogram in rows:
@@ -99,13 +55,13 @@ def _histogram(name: str, doc: str, labels: list[str], rows: Iterable[tuple[list
 
 
 class TorchwireCollector(Collector):
-    def __init__(self, core: InferenceCore, loop: asyncio.AbstractEventLoop) -> None:
-        self._core = core
+    def __init__(self, snapshot: Callable[[], Snapshot], loop: asyncio.AbstractEventLoop) -> None:
+        self._take = snapshot
         self._loop = loop
 
     def _snapshot(self) -> Snapshot:
         async def snap() -> Snapshot:
-            return take_snapshot(self._core)
+            return self._take()
 
         return asyncio.run_coroutine_threadsafe(snap(), self._loop).result(SNAPSHOT_TIMEOUT_S)
 
@@ -114,16 +70,16 @@ class TorchwireCollector(Collector):
         labels = ["model", "version"]
         rows = [([v.model, v.version], v) for v in snapshot.versions]
 
-        for name, doc, count in COUNTERS:
+        for name, doc, read in COUNTERS:
             family = CounterMetricFamily(name, doc, labels=labels)
             for key, v in rows:
-                family.add_metric(key, count(v.stats))
+                family.add_metric(key, read(v.stats))
             yield family
         failure = CounterMetricFamily(
             "torchwire_request_failure", "Requests that failed, by reason.", labels=[*labels, "reason"]
         )
         for key, v in rows:
-            for reason in FAILURE_REASONS:
+            for reason in snapshot.failure_reasons:
                 failure.add_metric([*key, reason], v.stats.failures.get(reason, 0))
         yield failure
         for name, doc, histogram in HISTOGRAMS:
@@ -139,8 +95,8 @@ class TorchwireCollector(Collector):
             "torchwire_model_state", "1 for each model version's current state.", labels=[*labels, "state"]
         )
         for model, version, current in snapshot.states:
-            for name in State:
-                state.add_metric([model, version, name.value], 1.0 if name.value == current else 0.0)
+            for name in snapshot.state_names:
+                state.add_metric([model, version, name], 1.0 if name == current else 0.0)
         yield state
         loads = CounterMetricFamily("torchwire_model_load_failures", "Failed model loads.", labels=["model"])
         for model, count in sorted(snapshot.load_failures.items()):
@@ -156,8 +112,9 @@ class TorchwireCollector(Collector):
 class MetricsServer:
     """/metrics over HTTP on its own port, with process CPU and memory beside torchwire's metrics."""
 
-    def __init__(self, core: InferenceCore, host: str, port: int) -> None:
-        self._core = core
+    def __init__(self, snapshot: Callable[[], Snapshot], host: str, port: int) -> None:
+        """`snapshot` copies what a scrape needs; it is called on the event loop given to start()."""
+        self._snapshot = snapshot
         self._host = host
         self._port = port
         self.registry = CollectorRegistry(auto_describe=False)
@@ -165,7 +122,7 @@ class MetricsServer:
         self.port = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> int:
-        self.registry.register(TorchwireCollector(self._core, loop))
+        self.registry.register(TorchwireCollector(self._snapshot, loop))
         ProcessCollector(namespace="torchwire", registry=self.registry)
         self._server, _thread = start_http_server(self._port, addr=self._host, registry=self.registry)
         self.port = int(self._server.server_port)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
 
+from torchwire.client import _codec
 from torchwire.client._proto import model_config_pb2 as mc
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MODEL_FILE = "model.pt"
@@ -21,8 +23,10 @@ BACKEND = "pytorch"
 # and torchwire's own name for an ExportedProgram (torch.export.save), which Triton has no platform for.
 PLATFORMS = {PLATFORM: DEFAULT_MODEL_FILE, "torch_aoti": "model.pt2", "torch_export": "model.pt2"}
 
-# Datatypes a TorchScript model can take or return as tensors (STRING has no torch tensor).
-SUPPORTED = {"BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64"}
+# Datatypes a TorchScript model can take or return as tensors: the client's table (the one table of
+# v2 datatypes) without BYTES, which has no torch tensor, and the unsigned types wider than 8 bits,
+# which torch holds without most kernels.
+SUPPORTED = frozenset(_codec.DATATYPES) - {"BYTES", "UINT16", "UINT32", "UINT64"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +166,27 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
     try:
         return text_format.Parse(text, mc.ModelConfig())
     except text_format.ParseError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {exc}{_enum_hint(str(exc))}") from exc
+
+
+_UNKNOWN_ENUM_VALUE = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)')
+
+
+def _enum_hint(message: str) -> str:
+    """Triton's enum values carry a prefix (TYPE_FP32, KIND_CPU) that the v2 wire names (FP32) lack."""
+    found = _UNKNOWN_ENUM_VALUE.search(message)
+    if found is None:
+        return ""
+    try:
+        enum = mc.DESCRIPTOR.pool.FindEnumTypeByName(found.group(1))
+    except KeyError:
+        return ""
+    given = found.group(2).upper()
+    names = [value.name for value in enum.values]
+    matches = [name for name in names if name == given or name.endswith("_" + given)]
+    if matches:
+        return f" (did you mean {' or '.join(matches)}?)"
+    return f" (its values: {', '.join(names)})"
 
 
 def _tensor(

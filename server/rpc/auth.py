@@ -13,7 +13,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ..core.errors import Unauthenticated
 from .health import HEALTH_SERVICE
+from .status import guarded
 
 REFLECTION_PREFIX = "/grpc.reflection."
 DENIED = "missing or invalid bearer token (send metadata `authorization: Bearer <token>`)"
@@ -27,11 +29,12 @@ def read_tokens(path: Path) -> list[bytes]:
     return found
 
 
+@guarded
 async def _deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+    raise Unauthenticated(DENIED)
 
 
-def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _denying(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
     codec = {
         "request_deserializer": handler.request_deserializer,
@@ -46,7 +49,7 @@ def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(_deny, **codec)
 
 
-class TokenAuth(grpc.aio.ServerInterceptor):
+class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
     def __init__(self, tokens: list[bytes], *, protect_health: bool, protect_reflection: bool) -> None:
         self._tokens = tokens
         self._open: tuple[str, ...] = ()
@@ -67,9 +70,9 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         if (
             handler is None

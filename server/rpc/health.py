@@ -1,7 +1,8 @@
 """grpc.health.v1 on the serving port, for Kubernetes' native grpc probes.
 
 Service names (documented in the README):
-- "liveness":  SERVING while the process can answer at all.
+- "liveness":  SERVING as long as the process serves gRPC, draining included: a liveness probe that
+  failed during a drain would make Kubernetes kill the pod before its requests are answered.
 - "readiness", "" and "inference.GRPCInferenceService": SERVING once the repository has loaded and
   at least one model is ready; NOT_SERVING before that and while draining.
 """
@@ -24,7 +25,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 class Health:
     def __init__(self) -> None:
-        self.servicer = health.aio.HealthServicer()
+        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # not in its stubs
 
     async def start(self) -> None:
         await self.servicer.set(LIVENESS, SERVING)
@@ -35,4 +36,5 @@ class Health:
             await self.servicer.set(name, SERVING if ready else NOT_SERVING)
 
     async def drain(self) -> None:
-        await self.servicer.enter_graceful_shutdown()
+        """Readiness says NOT_SERVING for good; liveness stays SERVING until the listener closes."""
+        await self.set_ready(False)

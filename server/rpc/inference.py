@@ -1,10 +1,13 @@
-"""inference.GRPCInferenceService: thin adapters from gRPC to the core (decode, call, encode)."""
+"""inference.GRPCInferenceService: thin adapters from gRPC to the core (decode, call, encode).
+
+Errors leave through status.guarded, which handlers.py wraps around every method.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -13,12 +16,12 @@ from opentelemetry import trace
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
-from ..core import InferenceCore
-from ..errors import LimitExceeded
-from ..limits import Gate
+from ..core.errors import Unsupported
+from ..core.limits import Gate
+from ..core.service import InferenceCore
 from ..observability.logs import AccessLog
 from ..observability.tracing import Tracing
-from .status import mapped, status_of
+from .status import status_of
 from .streaming import serve_stream
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -26,9 +29,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def _not_yet(method: str) -> Any:
     async def handler(self: Any, request: Any, context: Context) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by this torchwire server"
-        )
+        raise Unsupported(f"{method} is not supported by this torchwire server")
 
     handler.__name__ = method
     return handler
@@ -49,53 +50,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._tracing = tracing or Tracing(enabled=False)
         self._access = access_log or AccessLog(0.0)
 
-    @mapped
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return self._core.server_live()
 
-    @mapped
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
         return self._core.server_ready()
 
-    @mapped
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         return self._core.model_ready(request)
 
-    @mapped
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
         return self._core.server_metadata()
 
-    @mapped
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
         return self._core.model_metadata(request)
 
-    @mapped
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
         return self._core.model_config(request)
 
-    @mapped
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context
     ) -> pb.RepositoryIndexResponse:
         return self._core.repository_index(request)
 
-    @mapped
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
         return await self._core.load_model(request)
 
-    @mapped
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
         return await self._core.unload_model(request)
 
-    @mapped
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         if not self._tracing.enabled and not self._access.sample:
             return await self._core.infer(request)  # the plain path: nothing observed per request
@@ -104,11 +95,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _observed_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         start = time.perf_counter()
         code = "OK"
-        with self._tracing.rpc_span("ModelInfer", context.invocation_metadata()) as span:
+        version = request.model_version  # "" (the highest) until the answer names the one that ran
+        # grpc.aio hands metadata as (key, value) pairs; its stubs say a Mapping.
+        metadata = cast("Sequence[tuple[str, Any]] | None", context.invocation_metadata())
+        with self._tracing.rpc_span("ModelInfer", metadata) as span:
             try:
-                return await self._core.infer(
+                response = await self._core.infer(
                     request, lambda completed: self._tracing.record(span, request.model_name, completed)
                 )
+                version = response.model_version
+                return response
             except Exception as exc:
                 code = status_of(exc)[0].name
                 if span is not None:
@@ -117,9 +113,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             finally:
                 if self._access.wanted():
                     elapsed = time.perf_counter() - start
-                    self._access.log("ModelInfer", request.model_name, code, elapsed, context.peer())
+                    self._access.log(
+                        "ModelInfer", request.model_name, version, code, elapsed, context.peer(), request.id
+                    )
 
-    @mapped
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
@@ -128,10 +125,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        try:
-            self._streams.enter()
-        except LimitExceeded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        self._streams.enter()
         try:
             async for response in serve_stream(self._core, request_iterator, self._stream_max_in_flight):
                 yield response

@@ -1,16 +1,22 @@
-"""The one boundary where domain errors become gRPC statuses."""
+"""The one boundary where domain errors become gRPC statuses.
+
+Every method of every service goes through `guarded` (handlers.py wraps them all, auth.py its
+refusals): a TorchwireError leaves as its status and its own message; anything else is a bug,
+logged here once with its traceback and answered INTERNAL with a fixed message.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final, NoReturn
 
 import grpc
 import grpc.aio
 
-from .. import errors
+from ..core import errors
 
 log = logging.getLogger("torchwire.rpc")
 
@@ -25,34 +31,61 @@ STATUS: Final[dict[type[errors.TorchwireError], grpc.StatusCode]] = {
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     errors.NotAllowed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ConfigError: grpc.StatusCode.UNAVAILABLE,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
 }
 
 INTERNAL_MESSAGE: Final = "internal server error (logged on the server)"
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status and message a caller sees; unexpected errors are logged once and stay private."""
+    """The status and message a caller sees for `exc`; unexpected errors keep their details private."""
     if isinstance(exc, errors.TorchwireError):
         return STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc)
-    log.exception("unexpected error while serving a request", exc_info=exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-R = TypeVar("R")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
+def answer(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """`status_of`, for an error that ends here: an unexpected one is logged (the only place that does)."""
+    if not isinstance(exc, errors.TorchwireError):
+        log.exception("unexpected error while serving a request", exc_info=exc)
+    return status_of(exc)
 
 
-def mapped(handler: Handler[R]) -> Handler[R]:
-    """Wrap a unary servicer method so every exception leaves as its mapped status."""
+async def _abort(context: Context, exc: Exception) -> NoReturn:
+    code, message = answer(exc)
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # grpc.aio's abort always raises
 
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+
+def guarded(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """`behavior` (any of grpc.aio's four method shapes, or a coroutine that calls context.write),
+    with every exception leaving as its mapped status."""
+    if inspect.isasyncgenfunction(behavior):
+
+        @functools.wraps(behavior)
+        async def generate(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _abort(context, exc)
+
+        return generate
+
+    call: Callable[[Any, Context], Awaitable[Any]] = behavior
+
+    @functools.wraps(behavior)
+    async def respond(request: Any, context: Context) -> Any:
         try:
-            return await handler(self, request, context)
+            return await call(request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            code, message = status_of(exc)
-            await context.abort(code, message)
+            await _abort(context, exc)
 
-    return wrapper
+    return respond

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
-from ..core import InferenceCore
+from ..core.service import InferenceCore
 from .handlers import Undecodable
-from .status import status_of
+from .status import answer, status_of
 
 FINAL_RESPONSE_FLAG = "triton_enable_empty_final_response"
 
@@ -26,13 +26,14 @@ async def _answer(
     core: InferenceCore, request: pb.ModelInferRequest | Undecodable
 ) -> pb.ModelStreamInferResponse:
     if isinstance(request, Undecodable):
-        response = pb.ModelStreamInferResponse(error_message=request.message)
-        response.infer_response.parameters["status_code"].string_param = request.code.name
+        code, message = status_of(request.error)
+        response = pb.ModelStreamInferResponse(error_message=message)
+        response.infer_response.parameters["status_code"].string_param = code.name
         return response
     try:
         response = pb.ModelStreamInferResponse(infer_response=await core.infer(request))
-    except Exception as exc:
-        code, message = status_of(exc)
+    except Exception as exc:  # one request's error ends here: its stream stays open
+        code, message = answer(exc)
         response = pb.ModelStreamInferResponse(error_message=message)
         failed = response.infer_response
         failed.model_name, failed.model_version, failed.id = (

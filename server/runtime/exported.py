@@ -21,46 +21,50 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch._inductor.package import load_package  # type: ignore[attr-defined]
+from torch._inductor.package import load_package  # type: ignore[attr-defined]  # private, not re-exported
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..repository import ModelSpec
+from ..repository.config import CONFIG_FILE
+from .archives import AOTI, AOTI_DIR, DESCRIPTIONS, EXPORT, PICKLED, TORCHSCRIPT, entries, kind_of
 from .model import DATATYPES, Forward, first_line
 from .signature import DYNAMIC, Signature, TensorSignature, check
 
-AOTI = "torch_aoti"
-EXPORT = "torch_export"
-KIND_NAMES = {AOTI: "an AOTInductor package", EXPORT: "an ExportedProgram (torch.export.save)"}
 # Keys torchwire adds to an AOTInductor package's metadata when it builds one (`torchwire export`).
 TORCH_VERSION_KEY = "torchwire.torch_version"
 SIGNATURE_KEY = "torchwire.signature"
-_AOTI_DIR = "data/aotinductor/"
 # torch.export.load keeps its deserializer in a global: two loads at once (models load side by side,
 # each on its own thread) fail with "_CURRENT_DESERIALIZER is already set".
 _DESERIALIZING = threading.Lock()
 
 
-def _names(path: Path) -> list[str]:
-    """The archive's entries with its top folder removed (torch names that folder after the file)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return [name.split("/", 1)[1] for name in archive.namelist() if "/" in name]
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ConfigError(
-            f"{path}: not a PT2 archive (torch.export.save or an AOTInductor package): {exc}"
-        ) from exc
-
-
 def archive_kind(path: Path) -> str:
-    """AOTI or EXPORT, from what the archive holds."""
-    names = _names(path)
-    if any(name.startswith(_AOTI_DIR) and name.endswith(".so") for name in names):
-        return AOTI
-    if any(name.startswith("models/") and name.endswith(".json") for name in names):
-        return EXPORT
-    raise ConfigError(
-        f"{path}: a zip file, but it holds neither an ExportedProgram nor an AOTInductor package"
-    )
+    """Blocking: what the archive at path holds (one of archives.DESCRIPTIONS' kinds)."""
+    names = entries(path)
+    if names is None:
+        raise ConfigError(
+            f"{path}: not a PT2 archive (torch.export.save or an AOTInductor package): not a zip file"
+        )
+    kind = kind_of(names)
+    if kind is None:
+        raise ConfigError(
+            f"{path}: a zip file, but it holds neither an ExportedProgram nor an AOTInductor package"
+        )
+    return kind
+
+
+def _refuse_unexported(path: Path, kind: str) -> None:
+    """ConfigError for a file of a kind with no signature of its own: TorchScript, or torch.save'd."""
+    if kind == TORCHSCRIPT:
+        raise ConfigError(
+            f"{path}: the file is {DESCRIPTIONS[kind]}, not an exported program: give it a {CONFIG_FILE} "
+            f"with platform '{TORCHSCRIPT}' (or convert it: `torchwire export --from-torchscript`)"
+        )
+    if kind == PICKLED:
+        raise ConfigError(
+            f"{path}: the file is {DESCRIPTIONS[kind]}, which no platform serves: export the module with "
+            f"torch.export.save(torch.export.export(model, example_inputs), path) (or `torchwire export`)"
+        )
 
 
 def aoti_metadata(path: Path) -> dict[str, str]:
@@ -68,7 +72,7 @@ def aoti_metadata(path: Path) -> dict[str, str]:
     metadata: dict[str, str] = {}
     with zipfile.ZipFile(path) as archive:
         for name in archive.namelist():
-            if name.split("/", 1)[-1].startswith(_AOTI_DIR) and name.endswith("wrapper_metadata.json"):
+            if name.split("/", 1)[-1].startswith(AOTI_DIR) and name.endswith("wrapper_metadata.json"):
                 try:
                     metadata.update(json.loads(archive.read(name)))
                 except (ValueError, OSError) as exc:
@@ -178,6 +182,7 @@ def exported_signature(program: torch.export.ExportedProgram) -> Signature:
 def read_signature(path: Path) -> tuple[str, Signature | None]:
     """Blocking: the file's kind and its signature (None for an AOTInductor package that records none)."""
     kind = archive_kind(path)
+    _refuse_unexported(path, kind)
     if kind == AOTI:
         metadata = aoti_metadata(path)
         check_portable(path, metadata)
@@ -210,10 +215,10 @@ def load_exported(path: Path, spec: ModelSpec) -> Forward:
         raise ConfigError(f"{path}: parameters 'OPTIMIZE_FOR_INFERENCE' applies to TorchScript models only")
     kind = archive_kind(path)
     if kind != spec.platform:
-        other = "torch_aoti" if kind == AOTI else "torch_export"
+        fix = f"set platform '{kind}'" if kind != PICKLED else "export the module with torch.export.save"
         raise ConfigError(
-            f"{path}: config.pbtxt says platform '{spec.platform}' ({KIND_NAMES[spec.platform]}), the file "
-            f"is {KIND_NAMES[kind]}: set platform '{other}'"
+            f"{path}: config.pbtxt says platform '{spec.platform}' ({DESCRIPTIONS[spec.platform]}), the file "
+            f"is {DESCRIPTIONS[kind]}: {fix}"
         )
     if kind == EXPORT:
         program = _load_program(path)

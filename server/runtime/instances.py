@@ -33,11 +33,23 @@ def _settle(future: asyncio.Future[Result], result: Result | None, error: BaseEx
 
 
 class Instances(Generic[Work, Result]):
-    """`count` threads calling `task(work)`, each with `threads` intra-op threads."""
+    """`count` threads calling `task(work)`, each with `threads` intra-op threads. Each thread first
+    calls `prepare()` (a warmup): its own OpenMP team is the one that will serve, so that is the
+    team to warm. `wait_prepared` reports how that went."""
 
-    def __init__(self, task: Callable[[Work], Result], *, count: int, threads: int, name: str) -> None:
+    def __init__(
+        self,
+        task: Callable[[Work], Result],
+        *,
+        count: int,
+        threads: int,
+        name: str,
+        prepare: Callable[[], object] | None = None,
+    ) -> None:
         self._task = task
         self._threads_each = threads
+        self._prepare = prepare
+        self._prepared: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._queue: queue.SimpleQueue[tuple[Work, asyncio.Future[Result], asyncio.AbstractEventLoop] | None]
         self._queue = queue.SimpleQueue()
         self._workers = [
@@ -53,8 +65,22 @@ class Instances(Generic[Work, Result]):
         self._queue.put((work, future, loop))
         return future
 
+    def wait_prepared(self) -> None:
+        """Blocking: until every thread has run `prepare`; raises the first thread's error, if any."""
+        errors = [self._prepared.get() for _ in self._workers]
+        for error in errors:
+            if error is not None:
+                raise error
+
     def _serve(self) -> None:
         torch.set_num_threads(self._threads_each)
+        failed: BaseException | None = None
+        try:
+            if self._prepare is not None:
+                self._prepare()
+        except BaseException as exc:  # reported by wait_prepared, on the loading thread
+            failed = exc
+        self._prepared.put(failed)
         while (item := self._queue.get()) is not None:
             work, future, loop = item
             result: Result | None = None

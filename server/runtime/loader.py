@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torchwire.client._proto import model_config_pb2 as mc
 
-from ..errors import ConfigError, ModelExecutionError
+from ..core.errors import ConfigError, ModelExecutionError
 from ..repository import ModelSpec, read_config
 from ..repository.config import CONFIG_FILE
 from ..repository.scanner import versions_of
@@ -30,11 +30,16 @@ def load_forward(path: Path, spec: ModelSpec) -> Forward:
 
 
 def load_model(path: Path, spec: ModelSpec, threads: int) -> LoadedModel:
-    """Blocking: load the model file, start its instance threads, then warm it up."""
-    model = LoadedModel(load_forward(path, spec), spec, threads)
+    """Blocking: load the model file (load_forward), then start its instance threads, each of which
+    runs the warmup batches on itself before serving; returns once all are warm."""
+    forward = load_forward(path, spec)
     try:
-        for batch in warmup_batches(spec):
-            model.forward(batch)
+        batches = warmup_batches(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: warmup failed: {exc}") from exc
+    model = LoadedModel(forward, spec, threads, batches)
+    try:
+        model.wait_warm()
     except (ModelExecutionError, ConfigError) as exc:
         model.close()
         raise ConfigError(f"{path}: warmup failed: {exc}") from exc

@@ -14,8 +14,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..errors import ModelExecutionError
+from torchwire.client import _codec
+
+from ..core.errors import ModelExecutionError
 from ..repository import ModelSpec, TensorSpec
+from ..repository.config import SUPPORTED
 from .instances import Instances
 
 Array = npt.NDArray[Any]
@@ -23,18 +26,15 @@ Array = npt.NDArray[Any]
 # returns (a tensor, or a tuple or list of them).
 Forward = Callable[[list[torch.Tensor]], Any]
 
+# Derived from the client's table: the torch dtype of each datatype a model may use is that of its
+# raw bytes, except BF16, whose raw form is its uint16 bit pattern.
 TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "UINT8": torch.uint8,
-    "INT8": torch.int8,
-    "INT16": torch.int16,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "FP16": torch.float16,
-    "BF16": torch.bfloat16,
-    "FP32": torch.float32,
-    "FP64": torch.float64,
+    name: torch.bfloat16
+    if name == "BF16"
+    else torch.from_numpy(np.empty(0, _codec.DATATYPES[name].wire)).dtype
+    for name in sorted(SUPPORTED)
 }
+# The other way, for what an exported program declares.
 DATATYPES: dict[torch.dtype, str] = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 
 # Inputs are views of the request's immutable bytes; torch warns that they are read-only. Models
@@ -70,13 +70,33 @@ def first_line(exc: BaseException) -> str:
 class LoadedModel:
     """One loaded version of a model, with its instance threads."""
 
-    def __init__(self, forward: Forward, spec: ModelSpec, threads: int) -> None:
+    def __init__(
+        self,
+        forward: Forward,
+        spec: ModelSpec,
+        threads: int,
+        warmup: Sequence[Sequence[Array]] = (),
+    ) -> None:
+        """Starts the instance threads; each runs the `warmup` batches before it takes work."""
         self.spec = spec
         self._forward = forward
         self._batched = spec.max_batch_size > 0
+        self._warmup = warmup
         self._instances: Instances[Sequence[Array], list[Array]] = Instances(
-            self.forward, count=spec.instances, threads=threads, name=f"torchwire-{spec.name}"
+            self.forward,
+            count=spec.instances,
+            threads=threads,
+            name=f"torchwire-{spec.name}",
+            prepare=self._warm,
         )
+
+    def _warm(self) -> None:
+        for batch in self._warmup:
+            self.forward(batch)
+
+    def wait_warm(self) -> None:
+        """Blocking: until every instance thread has run the warmup (its first error raised)."""
+        self._instances.wait_prepared()
 
     def run(self, inputs: Sequence[Array]) -> Awaitable[list[Array]]:
         """The model's outputs (config order) for inputs in config order; runs in an instance thread."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from torchwire.client._proto import model_config_pb2 as mc
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..repository import ModelSpec, TensorSpec
 
 DYNAMIC = -1

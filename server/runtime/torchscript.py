@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..repository import ModelSpec
+from .archives import AOTI, DESCRIPTIONS, EXPORT, PICKLED, entries, kind_of
 from .model import Forward, first_line
 
 # torch 2.13 deprecates torch.jit in favour of torch.export. Serving TorchScript is deliberate (the
@@ -20,6 +21,27 @@ warnings.filterwarnings(
     category=DeprecationWarning,
 )
 
+HOW_TO_SAVE = "save TorchScript with torch.jit.save(torch.jit.script(model), path) (or torch.jit.trace)"
+
+
+def _why_not_torchscript(path: Path) -> str | None:
+    """What the file is instead, when that explains the failure better than torch's own message
+    (which calls a file saved by torch.save "corrupted"); with what to do about it."""
+    names = entries(path)
+    if names is None:
+        return f"not TorchScript (TorchScript files are zip archives; this one is not); {HOW_TO_SAVE}"
+    kind = kind_of(names)
+    if kind in (AOTI, EXPORT):
+        return (
+            f"not TorchScript: it is {DESCRIPTIONS[kind]}: set platform '{kind}' in config.pbtxt (and name "
+            f"the file model.pt2) to serve it"
+        )
+    if kind == PICKLED:
+        return (
+            f"not TorchScript: it was saved with torch.save (a pickled module or state_dict); {HOW_TO_SAVE}"
+        )
+    return None
+
 
 def load_file(path: Path) -> torch.jit.ScriptModule:
     """Blocking: the TorchScript module at path on the CPU, in eval mode."""
@@ -28,7 +50,10 @@ def load_file(path: Path) -> torch.jit.ScriptModule:
             str(path), map_location="cpu"
         )
     except Exception as exc:
-        raise ConfigError(f"{path}: not a loadable TorchScript file: {first_line(exc)}") from exc
+        why = (
+            _why_not_torchscript(path) or f"not a loadable TorchScript file: {first_line(exc)}; {HOW_TO_SAVE}"
+        )
+        raise ConfigError(f"{path}: {why}") from exc
     module.eval()
     return module
 

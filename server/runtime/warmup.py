@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from torchwire.client import _codec
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..repository import ModelSpec, WarmupSample
 
 Array = npt.NDArray[Any]
