@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as triton
 
 from support.exported import (
@@ -20,6 +21,7 @@ from support.exported import (
     inputs,
     rewrite_metadata,
 )
+from support.modelgen import Identity, single_io_config, write_model
 from support.serving import running_server, wait_until
 from torchwire.client import Client
 from torchwire.client._proto import grpc_service_pb2 as pb
@@ -239,6 +241,50 @@ def test_broken_mismatched_static_and_foreign_packages_are_unavailable_with_a_re
         assert reason in index[name].reason, (name, index[name].reason)
     assert "max_batch_size is 64" in index["too_big"].reason
     assert "torch.export.Dim('batch', max=16)" in index["static"].reason
+
+
+def test_a_file_of_another_kind_is_named_with_the_platform_that_serves_it(
+    tmp_path: Path, exported_models: Path
+) -> None:
+    """Each loader says what a wrong file is (issue 13's repository errors, for every kind)."""
+    copy_model(exported_models, EP_MODEL, tmp_path)  # serves throughout
+    for name, source in (
+        ("ep_as_torchscript", exported_models / "static.pt2"),
+        ("aoti_as_torchscript", exported_models / AOTI_MODEL / "1" / "model.pt2"),
+    ):
+        folder = write_model(tmp_path, name, None, single_io_config(name, "FP32", [4], 4))
+        shutil.copy(source, folder / "1" / "model.pt")
+    pickled = write_model(
+        tmp_path, "pickled_export", None, single_io_config("pickled_export", "FP32", [4], 4)
+    )
+    (pickled / "config.pbtxt").write_text(
+        (pickled / "config.pbtxt").read_text().replace("pytorch_libtorch", "torch_export")
+    )
+    torch.save(torch.nn.Linear(4, 4), pickled / "1" / "model.pt2")
+    for name in ("pickled_alone", "script_alone"):  # no config.pbtxt: nothing to complete it from
+        (tmp_path / name / "1").mkdir(parents=True)
+    torch.save(torch.nn.Linear(4, 4).state_dict(), tmp_path / "pickled_alone" / "1" / "model.pt2")
+    torch.jit.save(torch.jit.script(Identity()), str(tmp_path / "script_alone" / "1" / "model.pt2"))
+
+    with running_server(tmp_path, readiness="any") as server:
+        index = _index(server.target)
+    assert index[EP_MODEL].state == "READY"
+    expected = {
+        "ep_as_torchscript": "model.pt: not TorchScript: it is an ExportedProgram (torch.export.save): set "
+        "platform 'torch_export' in config.pbtxt",
+        "aoti_as_torchscript": "model.pt: not TorchScript: it is an AOTInductor package: set platform "
+        "'torch_aoti' in config.pbtxt",
+        "pickled_export": "config.pbtxt says platform 'torch_export' (an ExportedProgram "
+        "(torch.export.save)), the file is a module or state_dict saved with torch.save (pickled): "
+        "export the module with torch.export.save",
+        "pickled_alone": "the file is a module or state_dict saved with torch.save (pickled), which no "
+        "platform serves",
+        "script_alone": "the file is TorchScript (torch.jit.save), not an exported program: give it a "
+        "config.pbtxt with platform 'pytorch_libtorch'",
+    }
+    for name, reason in expected.items():
+        assert index[name].state == "UNAVAILABLE", name
+        assert reason in index[name].reason, (name, index[name].reason)
 
 
 def test_the_bench_ceiling_runs_exported_models_as_the_server_loads_them(repository: Path) -> None:
