@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from torchwire.server.repository import ModelSpec, load_spec
+from torchwire.server.repository import ModelSpec, build_spec, load_spec
 from torchwire.server.repository.scanner import versions_of
 from torchwire.server.settings import default_threads
 
@@ -28,7 +28,7 @@ WINDOWS = 10
 
 @dataclass(frozen=True, slots=True)
 class LocalModel:
-    path: Path  # the TorchScript file the server loads (highest version)
+    path: Path  # the model file the server loads (highest version)
     spec: ModelSpec
 
 
@@ -46,7 +46,12 @@ def find_model(repository: Path, model: str) -> LocalModel | None:
     versions = versions_of(model_dir) if model_dir.is_dir() else ()
     if not versions:
         return None
-    spec = load_spec(model_dir)
+    if (model_dir / "config.pbtxt").exists():
+        spec = load_spec(model_dir)
+    else:  # an exported program's own signature completes it, as the server does (needs torch)
+        from torchwire.server.runtime import model_config
+
+        spec = build_spec(model_dir, model_config(model_dir))
     path = model_dir / str(max(versions)) / spec.model_file
     return LocalModel(path, spec) if path.is_file() else None
 
@@ -74,12 +79,13 @@ def measure(
     fastest of WINDOWS windows that share `seconds`."""
     import torch
 
-    # The server's own loading (optimized where the config says) and numpy -> torch step.
-    from torchwire.server.runtime.torchscript import load_module, to_tensor
+    # The server's own loading (any kind, optimized where the config says) and numpy -> torch step.
+    from torchwire.server.runtime import load_forward
+    from torchwire.server.runtime.model import to_tensor
 
     spec = local.spec
     batched = spec.max_batch_size > 0
-    module = load_module(local.path, spec)
+    forward = load_forward(local.path, spec)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # restored below: the caller's process keeps its own setting
     results: dict[int, InProcess] = {}
@@ -93,12 +99,12 @@ def measure(
             best = 0.0
             with torch.inference_mode():
                 for _ in range(WARMUP_CALLS):
-                    module(*tensors)
+                    forward(tensors)
                 for _ in range(WINDOWS):
                     calls = 0
                     started = time.perf_counter()
                     while (elapsed := time.perf_counter() - started) < seconds / WINDOWS:
-                        module(*tensors)
+                        forward(tensors)
                         calls += 1
                     best = max(best, calls * (batch if batched else 1) / elapsed)
             results[batch] = InProcess(batch if batched else 1, best, threads)

@@ -10,12 +10,15 @@ script lives in (or ``--out DIR``):
 - ``cnn``: seeded random small CNN over 3x64x64 images for benchmarks.
 - ``text``: string (BYTES) tensors: per text its length in UTF-8 bytes, its space-separated word
   count, and the text with ASCII letters upper-cased (TorchScript takes and returns List[str]).
+- ``mlp_aoti``, ``cnn_aoti``: the same two as AOTInductor packages (``model.pt2``, compiled for
+  x86-64-v3 with this torch), and ``mlp_export``, ``cnn_export`` as ExportedPrograms.
 
 Nothing is downloaded: the digits data ships inside scikit-learn.
 
 Usage: ``python models/build.py [--out DIR]``
 
-Reruns give byte-identical files (same torch version and CPU): weights are seeded and computed on
+Reruns give byte-identical TorchScript files (same torch version and CPU; the ``.pt2`` files hold
+the same weights and code, not necessarily the same bytes): weights are seeded and computed on
 one thread, the script re-executes itself under PYTHONHASHSEED=0, and source-path debug records
 are dropped from model.pt. Run it as a script: TorchScript names classes after their Python module,
 so importing this file under another module name changes the generated code.
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,10 +186,10 @@ def _render_tensors(kind: str, tensors: Sequence[TensorSpec]) -> list[str]:
     return lines
 
 
-def render_config(spec: ModelSpec) -> str:
+def render_config(spec: ModelSpec, platform: str = "pytorch_libtorch") -> str:
     lines = [
         f'name: "{spec.name}"',
-        'platform: "pytorch_libtorch"',
+        f'platform: "{platform}"',
         'backend: "pytorch"',
         f"max_batch_size: {spec.max_batch_size}",
         *_render_tensors("input", spec.inputs),
@@ -289,14 +293,54 @@ def build_text() -> tuple[torch.jit.ScriptModule, ModelSpec]:
     return _freeze(TextStats()), spec
 
 
-def build_mlp() -> tuple[torch.jit.ScriptModule, ModelSpec]:
+def bench_mlp() -> nn.Module:
     torch.manual_seed(SEED_MLP)
-    return _freeze(BenchMLP()), _single_io_spec("mlp", (64,), (10,))
+    return BenchMLP().eval()
+
+
+def bench_cnn() -> nn.Module:
+    torch.manual_seed(SEED_CNN)
+    return BenchCNN().eval()
+
+
+def build_mlp() -> tuple[torch.jit.ScriptModule, ModelSpec]:
+    return _freeze(bench_mlp()), _single_io_spec("mlp", (64,), (10,))
 
 
 def build_cnn() -> tuple[torch.jit.ScriptModule, ModelSpec]:
-    torch.manual_seed(SEED_CNN)
-    return _freeze(BenchCNN()), _single_io_spec("cnn", (3, 64, 64), (10,))
+    return _freeze(bench_cnn()), _single_io_spec("cnn", (3, 64, 64), (10,))
+
+
+# The benchmark models again as exported programs, same weights: NAME_aoti (an AOTInductor package,
+# compiled for x86-64-v3 so it runs on any AVX2 CPU) and NAME_export (the ExportedProgram).
+EXPORTED = {"aoti": "torch_aoti", "export": "torch_export"}
+
+
+def write_exported(out: Path, module: nn.Module, spec: ModelSpec, suffix: str) -> Path:
+    """Export `module` with torchwire's own exporter (`torchwire export`) and check it answers as
+    the eager module does, loaded the way the server loads it."""
+    from torchwire.server.export.build import export_module, write_model_folder
+    from torchwire.server.repository import load_spec
+    from torchwire.server.runtime import load_forward
+
+    kind = EXPORTED[suffix]
+    exported = ModelSpec(
+        f"{spec.name}_{suffix}", spec.max_batch_size, spec.inputs, spec.outputs, spec.dynamic_batching
+    )
+    program = export_module(module, _example_inputs(spec, 2), spec.max_batch_size)
+    model_dir = write_model_folder(
+        program, out, exported.name, kind=kind, max_batch_size=spec.max_batch_size, portable=True
+    )
+    _write_text(model_dir / "config.pbtxt", render_config(exported, kind))
+    served = load_spec(model_dir)
+    forward = load_forward(model_dir / "1" / served.model_file, served)
+    examples = _example_inputs(spec, SMOKE_BATCH)
+    with torch.inference_mode():
+        got, want = forward(list(examples)), module(*examples)
+    got = got[0] if isinstance(got, list | tuple) else got
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"{exported.name}: answers differ from the eager module")
+    return model_dir / "1" / served.model_file
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,6 +469,11 @@ def build_all(out: Path) -> None:
         smoke_check(pt_path, spec)
         print(f"{spec.name}: {pt_path} ({os.path.getsize(pt_path)} bytes)")
 
+    for eager, spec in ((bench_mlp(), build_mlp()[1]), (bench_cnn(), build_cnn()[1])):
+        for suffix in EXPORTED:
+            path = write_exported(out, eager, spec, suffix)
+            print(f"{spec.name}_{suffix}: {path} ({os.path.getsize(path)} bytes)")
+
 
 def ensure_fixed_hash_seed() -> None:
     """Re-run this script under PYTHONHASHSEED=0 unless it already is.
@@ -440,6 +489,11 @@ def ensure_fixed_hash_seed() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # The TorchScript examples are built with torch.jit on purpose (torchwire serves TorchScript, and
+    # existing repositories rely on it); torch 2.13 deprecates exactly these calls.
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.(script|save|load)` is deprecated", category=DeprecationWarning
+    )
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent, help="model repository directory"

@@ -333,7 +333,7 @@ class App:
         if not entries:
             return (
                 f"NOT ready: the repository {self.repository} has no models (each model is a folder "
-                "with a config.pbtxt and a version folder such as 1/model.pt)"
+                "with a config.pbtxt and a version folder such as 1/model.pt, or an exported 1/model.pt2)"
             )
         if not any(entry.wanted for entry in entries):
             return "NOT ready: no model was asked for (explicit model control: --load-model NAME)"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import settings as settings_module
 from .eventloop import loop_factory
+from .export import command as export_command
 from .extras import MissingExtra
 from .observability import configure_logging
 from .settings import Settings
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="torchwire", description="Serve TorchScript models over gRPC (KServe v2)."
+        prog="torchwire",
+        description="Serve PyTorch models (TorchScript, torch.export, AOTInductor) over gRPC (KServe v2).",
     )
     parser.add_argument("--version", action="version", version=f"torchwire {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     from torchwire.bench import commands as bench_commands  # bench's modules load when they run
 
     bench_commands.register(commands)
+    export_command.register(commands)
     return parser
 
 

@@ -23,9 +23,9 @@ from torchwire.client._proto import model_config_pb2 as mc
 
 from ..batching import Scheduler
 from ..observability.statistics import ModelStatistics
-from ..repository import ModelSpec, build_spec, read_config, scan
+from ..repository import ModelSpec, build_spec, scan
 from ..repository.scanner import versions_of
-from ..runtime import TorchScriptModel, load_model
+from ..runtime import LoadedModel, load_model, model_config
 from .errors import ConfigError, InvalidRequest, ModelNotFound, ModelUnavailable
 
 log = logging.getLogger("torchwire.registry")
@@ -47,7 +47,7 @@ class ServedVersion:
     name: str
     version: int
     spec: ModelSpec
-    model: TorchScriptModel
+    model: LoadedModel
     scheduler: Scheduler
     stats: ModelStatistics
     fingerprint: tuple[object, ...]
@@ -142,7 +142,10 @@ class Registry:
         path = self.root / name
         if path.resolve().parent != self.root.resolve():  # a symlink pointing out of the repository
             raise InvalidRequest(f"model '{name}' resolves outside the repository")
-        if not ((path.is_dir() and (path / "config.pbtxt").exists()) or name in self._models):
+        if not (
+            (path.is_dir() and ((path / "config.pbtxt").exists() or versions_of(path)))
+            or name in self._models
+        ):
             raise ModelNotFound(f"model '{name}' is not in the repository")
         return path
 
@@ -178,7 +181,11 @@ class Registry:
             entry.wanted = True
             entry.fingerprint = self.fingerprint(model_dir)
             try:
-                spec = build_spec(model_dir, config_override or read_config(model_dir))
+                # Without a config.pbtxt, an exported program's own signature completes one.
+                config = config_override
+                if config is None:
+                    config = await asyncio.to_thread(model_config, model_dir)
+                spec = build_spec(model_dir, config)
                 found = versions_of(model_dir)
                 if not found:
                     raise ConfigError(

@@ -19,6 +19,9 @@ CONFIG_FILE = "config.pbtxt"
 DEFAULT_MODEL_FILE = "model.pt"
 PLATFORM = "pytorch_libtorch"
 BACKEND = "pytorch"
+# The platforms served, each with its default model file: TorchScript; Triton's AOTInductor package;
+# and torchwire's own name for an ExportedProgram (torch.export.save), which Triton has no platform for.
+PLATFORMS = {PLATFORM: DEFAULT_MODEL_FILE, "torch_aoti": "model.pt2", "torch_export": "model.pt2"}
 
 # Datatypes a TorchScript model can take or return: the client's table (the one table of v2
 # datatypes) without the unsigned types wider than 8 bits, which torch holds without most kernels.
@@ -124,6 +127,7 @@ class ModelSpec:
     instances: int
     intra_op_threads: int  # 0: decided by the server's settings
     optimize: bool  # OPTIMIZE_FOR_INFERENCE: torch.jit.optimize_for_inference at load
+    platform: str  # one of PLATFORMS: how the runtime loads the model file
     version_policy: VersionPolicy
     warmup: tuple[WarmupSample, ...]  # empty: the default warmup (see runtime.warmup)
     model_file: str
@@ -235,8 +239,15 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
     name = model_dir.name
     if config.name and config.name != name:
         raise ConfigError(f"{where}: field 'name' is '{config.name}' but the model folder is '{name}'")
-    if config.platform and config.platform != PLATFORM:
-        raise ConfigError(f"{where}: field 'platform' is '{config.platform}', torchwire serves '{PLATFORM}'")
+    if config.platform and config.platform not in PLATFORMS:
+        raise ConfigError(
+            f"{where}: field 'platform' is '{config.platform}', torchwire serves "
+            f"{', '.join(map(repr, PLATFORMS))}"
+        )
+    # Triton's rule: backend "pytorch" with a .pt2 model file is an AOTInductor package.
+    platform = config.platform or (
+        "torch_aoti" if config.default_model_filename.endswith(".pt2") else PLATFORM
+    )
     if config.backend and config.backend != BACKEND:
         raise ConfigError(f"{where}: field 'backend' is '{config.backend}', torchwire serves '{BACKEND}'")
     if config.max_batch_size < 0:
@@ -297,7 +308,7 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
     served = mc.ModelConfig()
     served.CopyFrom(config)
     served.name = name
-    served.platform = PLATFORM
+    served.platform = platform
     served.backend = BACKEND
     return ModelSpec(
         name=name,
@@ -309,9 +320,10 @@ def build_spec(model_dir: Path, config: mc.ModelConfig) -> ModelSpec:
         instances=instances,
         intra_op_threads=threads,
         optimize=optimize,
+        platform=platform,
         version_policy=_version_policy(config, where),
         warmup=tuple(_warmup(sample, inputs, config.max_batch_size, where) for sample in config.model_warmup),
-        model_file=config.default_model_filename or DEFAULT_MODEL_FILE,
+        model_file=config.default_model_filename or PLATFORMS[platform],
     )
 
 

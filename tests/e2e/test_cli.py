@@ -113,7 +113,8 @@ def test_an_empty_repository_says_it_has_no_models(tmp_path: Path) -> None:
     with serve_process(model_repository=str(tmp_path)) as server:
         server.wait_for(
             rf"server NOT ready: the repository {re.escape(str(tmp_path))} has no models \(each model is "
-            r"a folder with a config\.pbtxt and a version folder such as 1/model\.pt\)",
+            r"a folder with a config\.pbtxt and a version folder such as 1/model\.pt, or an exported "
+            r"1/model\.pt2\)",
         )
         with Client(server.target, timeout=30) as client:
             assert client.ready() is False

@@ -56,6 +56,8 @@ def test_wheel_carries_client_server_and_example_models(wheel: Path) -> None:
     for model in ("digits", "simple", "mlp", "cnn", "text"):
         assert f"torchwire/models/{model}/config.pbtxt" in names
         assert f"torchwire/models/{model}/1/model.pt" in names
+    for model in ("mlp_aoti", "mlp_export", "cnn_aoti", "cnn_export"):
+        assert f"torchwire/models/{model}/1/model.pt2" in names
     assert "torchwire/client/py.typed" in names
     assert "torchwire/client/_proto/grpc_service_pb2.pyi" in names
     assert not any(n.startswith(("client/", "server/", "models/")) for n in names), "bare top-level package"

@@ -29,7 +29,17 @@ from torchwire.server.repository import ModelSource, scan
 Array = npt.NDArray[Any]
 
 SOURCES: dict[str, ModelSource] = {source.name: source for source in scan(REPOSITORY)}
-EXAMPLE_MODELS = ("cnn", "digits", "mlp", "simple", "text")
+EXAMPLE_MODELS = (
+    "cnn",
+    "cnn_aoti",
+    "cnn_export",
+    "digits",
+    "mlp",
+    "mlp_aoti",
+    "mlp_export",
+    "simple",
+    "text",
+)
 BATCH = 3
 DIGITS_BATCH = 32
 
@@ -98,7 +108,9 @@ def triton_inputs(config: ModelConfig, arrays: list[Array]) -> list[grpcclient.I
 
 
 def in_process(name: str, arrays: list[Array]) -> list[Array]:
-    """The same TorchScript file the server serves, called directly."""
+    """The same TorchScript file the server serves, called directly; for the exported examples
+    (NAME_aoti, NAME_export), the TorchScript NAME they were exported beside, with the same weights."""
+    name = name.removesuffix("_aoti").removesuffix("_export")
     path = SOURCES[name].path / str(max(SOURCES[name].versions)) / "model.pt"
     module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     module.eval()
@@ -166,7 +178,7 @@ def test_model_metadata_matches_config(client: grpcclient.InferenceServerClient,
     metadata = client.get_model_metadata(name)
     assert metadata.name == name
     assert list(metadata.versions) == ["1"]
-    assert metadata.platform == "pytorch_libtorch"
+    assert metadata.platform == config.platform
     for got_tensors, want_tensors in ((metadata.inputs, config.input), (metadata.outputs, config.output)):
         got = [(t.name, t.datatype, list(t.shape)) for t in got_tensors]
         want = [(t.name, wire_datatype(t.data_type), wire_shape(config, t.dims)) for t in want_tensors]

@@ -121,3 +121,17 @@ def test_string_tensors_are_one_flat_list(dims: list[int], batch: int, accepted:
     else:
         with pytest.raises(ConfigError, match=r"reaches forward\(\) as one List\[str\]"):
             build_spec(WHERE, config)
+
+
+def test_the_platform_names_the_kind_as_triton_does() -> None:
+    def kind(text: str) -> tuple[str, str]:
+        built = spec_of(f"{text} {IO}")
+        return built.platform, built.model_file
+
+    assert kind('platform: "torch_aoti"') == ("torch_aoti", "model.pt2")
+    assert kind('platform: "torch_export"') == ("torch_export", "model.pt2")
+    assert kind('backend: "pytorch" default_model_filename: "net.pt2"') == ("torch_aoti", "net.pt2")
+    assert kind('backend: "pytorch"') == ("pytorch_libtorch", "model.pt")
+    assert spec_of(f'platform: "torch_aoti" {IO}').config.platform == "torch_aoti"  # what ModelConfig says
+    with pytest.raises(ConfigError, match="field 'platform' is 'onnxruntime_onnx', torchwire serves"):
+        spec_of(f'platform: "onnxruntime_onnx" {IO}')
