@@ -15,7 +15,7 @@ from . import settings as settings_module
 from .eventloop import loop_factory
 from .export import command as export_command
 from .extras import MissingExtra
-from .observability import configure_logging
+from .observability import configure_logging, route_torch_logs
 from .settings import Settings
 from .startup import StartupError
 
@@ -54,6 +54,7 @@ def _installed_version() -> str:
 async def serve(settings: Settings) -> None:
     from .app import App  # torch loads here, not for `--help` or `bench`
 
+    route_torch_logs()
     app = App(settings)
     await app.start()
     stop = asyncio.Event()

@@ -38,6 +38,18 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     root.setLevel(level)
 
 
+def route_torch_logs() -> None:
+    """Send torch's own log lines through our handler, in our format (JSON lines stay JSON).
+
+    Importing torch gives its loggers stderr handlers of their own, with propagation off, so their
+    lines (an AOTInductor package's CPU-feature note, say) would skip the format `--log-format`
+    chose. Called once torch is imported; their levels stay torch's."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.split(".")[0] == "torch" and logger.handlers:
+            logger.handlers.clear()
+            logger.propagate = True
+
+
 class AccessLog:
     """Logs a sampled fraction of requests: method, model, status and duration (never tensors or tokens)."""
 

@@ -14,7 +14,7 @@ import signal
 from multiprocessing.connection import Connection
 
 from ..eventloop import loop_factory
-from ..observability import configure_logging
+from ..observability import configure_logging, route_torch_logs
 from ..settings import Settings
 from .role import WorkerRole
 
@@ -31,6 +31,8 @@ def run(settings: Settings, role: WorkerRole, reports: Connection) -> None:
 async def _serve(settings: Settings, role: WorkerRole, reports: Connection) -> int:
     from ..app import App  # torch loads here, in the worker
     from ..cli import freeze_when_loaded, os_exit_now
+
+    route_torch_logs()
 
     app: App | None = None
     try:  # building the app reads its files (tokens, certificates): that can fail too
