@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
+from .core.admission import Admission
 from .core.limits import Gate, Limits
 from .core.registry import Registry
 from .core.service import InferenceCore
@@ -24,7 +25,7 @@ from .observability.metrics import MetricsServer
 from .observability.tracing import Tracing, configure_exporter
 from .rpc import reflection
 from .rpc.auth import TokenAuth
-from .rpc.handlers import Admission, service_handler
+from .rpc.handlers import service_handler
 from .rpc.health import Health
 from .rpc.inference import InferenceServicer
 from .settings import Settings, default_threads

@@ -20,13 +20,13 @@ from aiohttp import web
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 
+from ..core.admission import Admission
 from ..core.errors import InvalidRequest
 from ..core.limits import Gate, setting_name
 from ..core.service import InferenceCore
 from ..observability.logs import AccessLog
 from ..observability.observed import Observer, Transport
 from ..observability.tracing import Tracing
-from ..rpc.handlers import Admission
 from ..tokens import BearerTokens
 from . import messages
 from .status import BodyTooLarge, code_of, error_response, json_error

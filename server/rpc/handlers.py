@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,7 +19,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from ..core.errors import InvalidRequest, LimitExceeded, ShuttingDown, TorchwireError
+from ..core.admission import Admission
+from ..core.errors import InvalidRequest, LimitExceeded, TorchwireError
 from ..core.limits import Gate, setting_name
 from .status import guarded
 
@@ -49,32 +49,6 @@ def _parser(cls: type[Message], max_bytes: int) -> Callable[[bytes], Message | U
             return Undecodable(InvalidRequest(f"request is not a valid {name} message: {exc}"))
 
     return parse
-
-
-class Admission:
-    """Whether new calls are taken. Once closed (the server is stopping), each new call is refused
-    with UNAVAILABLE, the status clients and meshes take as "try another replica".
-
-    Why refuse rather than let grpc stop: calls gRPC had received but not yet handed to the
-    application when `server.stop()` runs are cancelled (CANCELLED, which most clients do not
-    retry). Closing first, and stopping only once the calls received before have come through
-    and been refused, leaves no call of those to cancel."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.refused = 0
-        self.last_refusal = 0.0  # time.monotonic() of the last refusal
-
-    def close(self) -> None:
-        self.closed = True
-        self.last_refusal = time.monotonic()
-
-    def admit(self) -> None:
-        """Raise ShuttingDown once closed, counting the refusal."""
-        if self.closed:
-            self.refused += 1
-            self.last_refusal = time.monotonic()
-            raise ShuttingDown("the server is shutting down: send the call to another replica")
 
 
 def _refuse_undecodable(request: Any) -> None:
