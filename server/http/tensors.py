@@ -71,7 +71,7 @@ def _shape(tensor: Mapping[str, Any], where: str) -> list[int]:
 def json_to_raw(datatype: str, shape: Sequence[int], data: Any, name: str) -> bytes:
     """A tensor's JSON `data` (flat or nested, row-major) as its raw wire bytes: the one JSON decode."""
     if datatype == "BYTES":
-        raise Unsupported(f"input '{name}': BYTES tensors in JSON are not supported; send binary data")
+        return _texts_to_raw(shape, data, name)
     kinds = _ACCEPTED_KINDS.get(datatype)
     if kinds is None:
         raise InvalidRequest(f"input '{name}': unknown datatype '{datatype}'")
@@ -81,14 +81,7 @@ def json_to_raw(datatype: str, shape: Sequence[int], data: Any, name: str) -> by
         values = np.array(data)
     except ValueError as exc:  # ragged nesting
         raise InvalidRequest(f"input '{name}': data is not a regular array of numbers: {exc}") from exc
-    try:
-        expected = _codec.element_count(shape, name)
-    except _codec.CodecError as exc:
-        raise InvalidRequest("input " + str(exc).removeprefix("tensor ")) from exc
-    if values.size != expected:
-        raise InvalidRequest(
-            f"input '{name}': data has {values.size} elements, shape {list(shape)} needs {expected}"
-        )
+    _check_count(shape, values.size, name)
     if values.size and values.dtype.kind not in kinds:
         raise InvalidRequest(f"input '{name}': data holds {_kind_name(values)}, not {datatype} values")
     wire = _codec.DATATYPES[datatype].wire
@@ -213,10 +206,44 @@ def infer_response(response: pb.ModelInferResponse, body: InferBody) -> tuple[by
     return b"".join((header, *parts)), len(header)
 
 
+def _check_count(shape: Sequence[int], size: int, name: str) -> None:
+    """The data's element count is the one the input's shape needs."""
+    try:
+        expected = _codec.element_count(shape, name)
+    except _codec.CodecError as exc:
+        raise InvalidRequest("input " + str(exc).removeprefix("tensor ")) from exc
+    if size != expected:
+        raise InvalidRequest(
+            f"input '{name}': data has {size} elements, shape {list(shape)} needs {expected}"
+        )
+
+
+def _flat(data: Any) -> list[Any]:
+    """A nested JSON array's leaves in row-major order."""
+    if not isinstance(data, list):
+        return [data]
+    return [leaf for item in data for leaf in _flat(item)]
+
+
+def _texts_to_raw(shape: Sequence[int], data: Any, name: str) -> bytes:
+    """BYTES `data`: JSON strings (flat or nested), as the wire's length-prefixed elements."""
+    if not isinstance(data, list):
+        raise InvalidRequest(f"input '{name}': data must be a JSON array")
+    items = _flat(data)
+    _check_count(shape, len(items), name)
+    if not all(isinstance(item, str) for item in items):
+        raise InvalidRequest(f"input '{name}': BYTES data must be JSON strings")
+    return _codec.serialize_bytes(np.array(items, dtype=np.object_))
+
+
 def raw_to_json(datatype: str, shape: Sequence[int], raw: bytes, name: str) -> list[Any]:
     """A tensor's raw bytes as a flat, row-major JSON array (as Triton answers)."""
-    if datatype == "BYTES":  # the output side of json_to_raw's BYTES
-        raise Unsupported(f"output '{name}': BYTES tensors in JSON are not supported; ask for binary_data")
+    if datatype == "BYTES":  # JSON carries text: elements as UTF-8 strings, as Triton answers
+        try:
+            count = _codec.element_count(shape, name)
+            return [item.decode("utf-8") for item in _codec.deserialize_bytes(raw, count, name)]
+        except UnicodeDecodeError as exc:
+            raise Unsupported(f"output '{name}': an element is not UTF-8 text; ask for binary_data") from exc
     values = _codec.from_raw(datatype, shape, raw, name)
     if datatype == "BF16":
         values = _codec.bf16_to_float32(values)

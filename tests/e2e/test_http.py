@@ -291,6 +291,24 @@ def test_tritonclient_http_infers_with_json_and_binary_data(
     np.testing.assert_array_equal(gzipped.as_numpy("OUTPUT0"), A + B)
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_http_strings_in_json_and_binary(
+    server: RunningServer, triton: httpclient.InferenceServerClient, binary: bool
+) -> None:
+    texts = np.array([["hello world"], ["h\u00e9llo"]], dtype=np.object_)
+    given = httpclient.InferInput("TEXT", [2, 1], "BYTES")
+    given.set_data_from_numpy(texts, binary_data=binary)
+    wanted = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("LENGTH", "UPPER")]
+    result = triton.infer("text", [given], outputs=wanted)
+    assert result.as_numpy("LENGTH").tolist() == [[11], [6]]
+    upper = ["HELLO WORLD", "H\u00e9LLO"]  # binary data reads back as bytes, JSON as the strings it sent
+    assert result.as_numpy("UPPER").tolist() == [[t.encode() if binary else t] for t in upper]
+    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [5]}]}
+    answer = call(server.http_target, "POST", "/v2/models/text/infer", json.dumps(body).encode())
+    assert answer[0] == 400
+    assert error_of(answer) == "input 'TEXT': BYTES data must be JSON strings"
+
+
 def test_tritonclient_http_aio_client(server: RunningServer) -> None:
     async def run() -> Any:
         client = aioclient.InferenceServerClient(server.http_target)
