@@ -145,6 +145,11 @@ class Settings:
                 raise ValueError(
                     f"{name} must be one of {typing.get_args(allowed)}, got {getattr(self, name)!r}"
                 )
+        if self.trace_exporter != "none" and not self.trace:
+            raise ValueError(
+                f"trace_exporter {self.trace_exporter} needs trace on (--trace, TORCHWIRE_TRACE=1): "
+                f"without it no span is made, so nothing would be exported"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:

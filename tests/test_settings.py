@@ -40,6 +40,11 @@ def test_a_bad_variable_names_itself() -> None:
         ({"tls_cert": Path("/nonexistent.pem")}, "tls_cert and tls_key go together"),
         ({"http_port": 70000}, "http_port must be -1..65535, got 70000"),
         ({"access_log_sample": 2.0}, "access_log_sample must be within 0..1, got 2.0"),
+        (
+            {"trace_exporter": "otlp"},
+            "trace_exporter otlp needs trace on (--trace, TORCHWIRE_TRACE=1): without it no span is "
+            "made, so nothing would be exported",
+        ),
         ({"model_repository": Path("/nonexistent")}, "model_repository /nonexistent is not a folder"),
     ],
 )
