@@ -1,4 +1,4 @@
-"""The README's code runs as pasted: every Python block, the grpcurl commands and the config.pbtxt,
+"""The README's code runs as pasted: every Python block, the grpcurl and curl commands and the config.pbtxt,
 against a real server. The README calls `make serve`'s server at localhost:8001 (gRPC) and
 localhost:8000 (HTTP); here those addresses are replaced by a server's on free ports, and
 `.venv/bin/grpcurl` by this environment's grpcurl."""
@@ -104,6 +104,30 @@ def test_grpcurl_commands_run_as_pasted(server: RunningServer) -> None:
     assert '"name": "simple"' in out and '"platform": "pytorch_libtorch"' in out  # metadata
     total = base64.b64encode(np.arange(1, 17, dtype="<i4").tobytes()).decode()
     assert f'"raw_output_contents": [\n    "{total}",' in out  # inference: OUTPUT0 = INPUT0 + INPUT1
+
+
+def test_curl_commands_run_as_pasted(server: RunningServer) -> None:
+    """The HTTP section's curl block, each command's answer checked against its comment."""
+    curl = shutil.which("curl")
+    assert curl is not None, "the README's HTTP examples use curl: install it (apt-get install curl)"
+    (commands,) = [b for b in blocks("sh") if "curl -i localhost:8000/v2/health/live" in b]
+    assert commands.count("curl ") == 9
+    pasted = commands.replace(HTTP_ADDRESS, server.http_target).replace("curl ", f"{curl} -sS ")
+    result = subprocess.run(
+        ["bash", "-e", "-c", pasted], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("HTTP/1.1 200 OK") == 3  # live, ready, the model's ready
+    assert '{"live":true}' in out and out.count('{"ready":true}') == 2
+    assert '"extensions":["model_configuration","model_repository"' in out  # server metadata
+    assert '{"name":"simple","versions":["1"],"platform":"pytorch_libtorch"' in out  # model metadata
+    assert '"max_batch_size":8' in out  # the config
+    assert '{"model_stats":[{"name":"simple","version":"1"' in out  # statistics
+    assert '{"name":"simple","version":"1","state":"READY","reason":""}' in out  # the index
+    # The inference, as the comment under the block shows it: OUTPUT0 = INPUT0 + INPUT1.
+    assert '"data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]' in out
+    assert '"data":[-1,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14]' in out
 
 
 def test_the_config_example_serves(tmp_path: Path) -> None:
