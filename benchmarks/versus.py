@@ -1,5 +1,6 @@
 """torchwire against what a user would pick instead, side by side in one run: KServe's Python model
-server (optional) and the two bare servers (sync grpc and grpc.aio, answering zeros, no model).
+server and MLServer (each optional, each in a venv of its own) and the two bare servers (sync grpc
+and grpc.aio, answering zeros, no model).
 
 Every server is started here on a free 127.0.0.1 port and driven by `torchwire bench`'s own load
 generator (the same processes, the same pre-serialized request, batch-1, unary ModelInfer), one
@@ -8,8 +9,10 @@ Prints each server's median over the rounds: requests/s, p50 and p99, and the se
 request from /proc (torchwire and KServe; the bare servers are a ceiling, not a contender).
 
     benchmarks/kserve/setup.sh          # prints the KServe venv's python (optional)
+    benchmarks/mlserver/setup.sh        # prints the MLServer venv's python (optional)
     .venv/bin/python benchmarks/versus.py --model cnn --concurrency 1,64 \
-        --kserve-python benchmarks/kserve/.venv/bin/python
+        --kserve-python benchmarks/kserve/.venv/bin/python \
+        --mlserver-python benchmarks/mlserver/.venv/bin/python
 """
 
 from __future__ import annotations
@@ -68,11 +71,16 @@ def wait_ready(target: str, model: str, timeout: float, proc: subprocess.Popen[b
 
 
 @contextlib.contextmanager
-def kserve(python: str, model: str) -> Iterator[Server]:
+def contender(server: str, python: str, model: str, *more: str) -> Iterator[Server]:
+    """KServe or MLServer serving `model` from the bundled repository, started with `python` (a venv
+    with that server: benchmarks/<server>/setup.sh) on free ports; always stopped."""
     grpc_port, http_port = processes.free_port(), processes.free_port()
-    command = [python, str(HERE / "kserve" / "server.py"), "--model", model, "--repository", str(MODELS)]
-    command += ["--grpc_port", str(grpc_port), "--http_port", str(http_port)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [python, str(HERE / server / "server.py"), "--model", model, "--repository", str(MODELS)]
+    if server == "kserve":  # KServe's own flag names
+        command += ["--grpc_port", str(grpc_port), "--http_port", str(http_port)]
+    else:
+        command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+    proc = subprocess.Popen([*command, *more], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         target = f"127.0.0.1:{grpc_port}"
         wait_ready(target, model, 120, proc)
@@ -100,6 +108,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each window")
     parser.add_argument("--workers", type=int, default=1, help="load generator processes")
     parser.add_argument("--kserve-python", help="a python with kserve (benchmarks/kserve/setup.sh)")
+    parser.add_argument("--mlserver-python", help="a python with mlserver (benchmarks/mlserver/setup.sh)")
     parser.add_argument("--torch-threads", type=int, help="passed to torchwire serve")
     options = parser.parse_args()
 
@@ -111,7 +120,12 @@ def main() -> None:
         )
         servers = {"torchwire": Server(spawned.target, spawned.pid)}
         if options.kserve_python:
-            servers["kserve"] = stack.enter_context(kserve(options.kserve_python, options.model))
+            servers["kserve"] = stack.enter_context(contender("kserve", options.kserve_python, options.model))
+        if options.mlserver_python:  # its two settings: adaptive batching helps under load, costs alone
+            for name, more in (("mlserver", ()), ("mlserver batching", ("--batching",))):
+                servers[name] = stack.enter_context(
+                    contender("mlserver", options.mlserver_python, options.model, *more)
+                )
         for name, aio in (("bare sync", False), ("bare aio", True)):
             bare = stack.enter_context(processes.bare_server(["OUTPUT__0:FP32:-1,10"], aio=aio))
             servers[name] = Server(bare, None)
