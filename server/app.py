@@ -307,10 +307,11 @@ class App:
     async def _load(self) -> None:
         explicit = self.settings.model_control_mode == "explicit"
         names = list(self.settings.load_model) if explicit else None
+        configs = None
         if explicit and isinstance(self.core, ClusterCore) and self.worker and self.worker.replacement:
-            elsewhere = await self.core.served_elsewhere()
-            names = names if elsewhere is None else elsewhere
-        await self.registry.load_all(names)
+            configs = await self.core.served_elsewhere()
+            names = names if configs is None else list(configs)
+        await self.registry.load_all(names, configs)
         if self.settings.model_control_mode == "poll":
             self._polling = asyncio.get_running_loop().create_task(self._poll_forever())
         for entry in self.registry.entries():

@@ -15,7 +15,7 @@ import asyncio
 import enum
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,8 +158,11 @@ class Registry:
                 stamps.extend(_file_stamp(f) for f in sorted(folder.iterdir()) if f.is_file())
         return tuple(stamps)
 
-    async def load_all(self, names: list[str] | None = None) -> None:
-        """The first load: every model in the repository (or only `names`, in explicit mode)."""
+    async def load_all(
+        self, names: list[str] | None = None, configs: Mapping[str, mc.ModelConfig | None] | None = None
+    ) -> None:
+        """The first load: every model in the repository (or only `names`, in explicit mode), each
+        with its config in `configs` where one is given there (else its config.pbtxt)."""
         sources = scan(self.root)
         for source in sources:
             entry = self._models.setdefault(source.name, ModelEntry(source.name))
@@ -169,7 +172,9 @@ class Registry:
         missing = [n for n in names or [] if n not in self._models]
         for name in missing:
             log.error("model %s asked for with --load-model is not in the repository", name)
-        await asyncio.gather(*(self.load(e.name) for e in self.entries() if e.wanted), return_exceptions=True)
+        given = configs or {}
+        loads = [self.load(e.name, given.get(e.name)) for e in self.entries() if e.wanted]
+        await asyncio.gather(*loads, return_exceptions=True)
         self.loaded = True
         await self._changed()
 

@@ -18,6 +18,7 @@ import grpc.aio
 
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
+from torchwire.client._proto import model_config_pb2 as mc
 
 from ..core.errors import ModelUnavailable
 from ..core.limits import Limits
@@ -74,6 +75,14 @@ class Peers:
         answers = await asyncio.gather(*(one(stub) for _, stub in peers))
         return [(path, answer) for (path, _), answer in zip(peers, answers, strict=True)]
 
+    async def call_one(self, path: Path, method: str, request: Any, *, timeout: float) -> Any:
+        """`method` on the peer at `path`: its response, or the grpc.aio.AioRpcError."""
+        (stub,) = [stub for at, stub in self._all() if at == path]
+        try:
+            return await getattr(stub, method)(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close(None)
@@ -113,16 +122,24 @@ class ClusterCore(InferenceCore):
                 )
         return mine
 
-    async def served_elsewhere(self) -> list[str] | None:
-        """The models another worker serves now (None: none answered), for a replacement to load:
-        in explicit mode the loads and unloads since the start are known only to the living workers.
-        """
+    async def served_elsewhere(self) -> dict[str, mc.ModelConfig | None] | None:
+        """The models another worker serves now, each with the config it serves it with (None where
+        that one could not be read: config.pbtxt then), for a replacement to load (None: no worker
+        answered). In explicit mode the loads and unloads since the start, and the configs given in
+        load requests, are known only to the living workers."""
         request = pb.RepositoryIndexRequest(ready=True)
-        for _, answer in await self.peers.call(
+        for path, answer in await self.peers.call(
             "RepositoryIndex", request, timeout=STATISTICS_TIMEOUT_S, wait_for_ready=False
         ):
-            if not isinstance(answer, grpc.aio.AioRpcError):
-                return sorted({model.name for model in answer.models})
+            if isinstance(answer, grpc.aio.AioRpcError):
+                continue
+            configs: dict[str, mc.ModelConfig | None] = {}
+            for name in sorted({model.name for model in answer.models}):
+                config = await self.peers.call_one(
+                    path, "ModelConfig", pb.ModelConfigRequest(name=name), timeout=STATISTICS_TIMEOUT_S
+                )
+                configs[name] = None if isinstance(config, grpc.aio.AioRpcError) else config.config
+            return configs
         return None
 
     async def model_statistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:

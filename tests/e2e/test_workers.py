@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from google.protobuf.json_format import MessageToJson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,7 +28,9 @@ from support.serving import TORCHWIRE, ServeProcess, serve_process, wait_until
 from torchwire.client import AsyncClient, Client
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
+from torchwire.models import REPOSITORY
 from torchwire.server import App, Settings
+from torchwire.server.repository import read_config
 from torchwire.server.startup import StartupError
 
 START_TIMEOUT_S = 240.0  # two workers loading torch at once on a busy 2-core machine
@@ -190,12 +193,29 @@ def test_calls_on_many_connections_reach_every_worker_and_statistics_add_up() ->
             assert sample(merged, "torchwire_process_resident_memory_bytes", worker=str(index)) > 50e6
 
 
+def served_batch_sizes(target: str, model: str, connections: int = 12) -> set[int]:
+    """max_batch_size of `model` as answered over `connections` connections of their own (so from
+    every worker, but with a chance of 2**-connections per worker)."""
+    sizes = set()
+    for _ in range(connections):
+        with grpc.insecure_channel(target, OWN_CONNECTION) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            sizes.add(stub.ModelConfig(pb.ModelConfigRequest(name=model), timeout=30).config.max_batch_size)
+    return sizes
+
+
 def test_load_and_unload_apply_to_every_worker_and_to_a_replacement() -> None:
     flags = ("--model-control-mode", "explicit", "--load-model", "simple")
     with serving_workers(*flags) as workers:
         assert not any(ready_on(workers, "mlp", index) for index in range(2))
         with triton.InferenceServerClient(workers.target) as client:  # Triton's own client
-            client.load_model("mlp")
+            # A config given in the load request (config.pbtxt says max_batch_size 32).
+            override = json.loads(
+                MessageToJson(read_config(REPOSITORY / "mlp"), preserving_proto_field_name=True)
+            )
+            override["max_batch_size"] = 4
+            client.load_model("mlp", config=json.dumps(override))
+            assert served_batch_sizes(workers.target, "mlp") == {4}
             # Answered: every worker serves it already, whichever connection asks.
             assert all(ready_on(workers, "mlp", index) for index in range(2))
             for _ in range(6):
@@ -208,6 +228,7 @@ def test_load_and_unload_apply_to_every_worker_and_to_a_replacement() -> None:
             os.kill(workers.pid(1), signal.SIGKILL)
             workers.wait_for(r"all 2 workers loaded", times=2)
             assert ready_on(workers, "mlp", 1)
+            assert served_batch_sizes(workers.target, "mlp") == {4}  # with the config the others serve
             client.unload_model("mlp")
             assert not any(ready_on(workers, "mlp", index) for index in range(2))
             assert all(ready_on(workers, "simple", index) for index in range(2))
