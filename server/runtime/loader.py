@@ -12,7 +12,7 @@ from ..repository.config import CONFIG_FILE
 from ..repository.scanner import versions_of
 from .exported import load_exported, read_signature
 from .model import Forward, LoadedModel
-from .signature import completed_config
+from .signature import completed_config, completed_from
 from .torchscript import load_torchscript
 from .warmup import warmup_batches
 
@@ -48,10 +48,18 @@ def load_model(path: Path, spec: ModelSpec, threads: int) -> LoadedModel:
 
 def model_config(model_dir: Path) -> mc.ModelConfig:
     """Blocking: the folder's config.pbtxt, or, without one, the config its exported program implies
-    (Triton's auto-complete), from the highest version's model.pt2."""
-    if (model_dir / CONFIG_FILE).exists():
-        return read_config(model_dir)
+    (Triton's auto-complete), from the highest version's model.pt2. A config.pbtxt that lists no
+    inputs or no outputs is completed from that program the same way (completed_from)."""
     versions = versions_of(model_dir) if model_dir.is_dir() else ()
+    if (model_dir / CONFIG_FILE).exists():
+        config = read_config(model_dir)
+        if (config.input and config.output) or config.platform == TORCHSCRIPT or not versions:
+            return config  # complete, or nothing to complete it from: build_spec names what is missing
+        named = model_dir / str(max(versions)) / (config.default_model_filename or EXPORTED_FILE)
+        if named.suffix != ".pt2" or not named.is_file():
+            return config
+        kind, signature = read_signature(named)
+        return config if signature is None else completed_from(config, signature, kind)
     path = model_dir / str(max(versions)) / EXPORTED_FILE if versions else None
     if path is None or not path.is_file():
         raise ConfigError(

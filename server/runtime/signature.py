@@ -133,17 +133,32 @@ def completed_config(signature: Signature, name: str, platform: str) -> mc.Model
     backend (INPUT__i, OUTPUT__i, matched by position), datatypes and shapes from the program, and
     dynamic batching up to the batch dimension's declared maximum."""
     config = mc.ModelConfig(name=name, platform=platform, backend="pytorch")
-    batched = signature.batch is not None
-    if signature.batch is not None:
-        config.max_batch_size = signature.batch[1] or UNBOUNDED_MAX_BATCH
-        config.dynamic_batching.SetInParent()
+    return completed_from(config, signature, platform)
+
+
+def completed_from(config: mc.ModelConfig, signature: Signature, platform: str) -> mc.ModelConfig:
+    """`config` with what it leaves out filled in from the program, as Triton's auto-complete does:
+    the platform (when neither it nor a backend is named), `max_batch_size` with `dynamic_batching`
+    (when it is 0 and the program has a batch dimension), and the inputs or the outputs (when the
+    config lists none; named INPUT__i/OUTPUT__i, by position). What the config says is kept."""
+    completed = mc.ModelConfig()
+    completed.CopyFrom(config)
+    if not completed.platform and not completed.backend:
+        completed.platform = platform
+    if signature.batch is not None and completed.max_batch_size == 0:
+        completed.max_batch_size = signature.batch[1] or UNBOUNDED_MAX_BATCH
+        if not completed.HasField("dynamic_batching") and not completed.HasField("sequence_batching"):
+            completed.dynamic_batching.SetInParent()
+    batched = completed.max_batch_size > 0
     for kind, tensors, field in (
-        ("INPUT", signature.inputs, config.input),
-        ("OUTPUT", signature.outputs, config.output),
+        ("INPUT", signature.inputs, completed.input),
+        ("OUTPUT", signature.outputs, completed.output),
     ):
+        if field:
+            continue
         for index, t in enumerate(tensors):
             datatype = mc.DataType.Value(f"TYPE_{t.datatype}")
             field.add(
                 name=f"{kind}__{index}", data_type=datatype, dims=list(t.shape[1:] if batched else t.shape)
             )
-    return config
+    return completed

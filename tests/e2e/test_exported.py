@@ -108,6 +108,49 @@ def test_a_folder_without_config_serves_with_a_complete_model_config(
     ]
 
 
+def test_a_partial_config_is_completed_from_the_program_and_keeps_what_it_says(
+    tmp_path: Path, exported_models: Path
+) -> None:
+    written = {
+        # Only what Triton users often write; inputs, outputs and dynamic batching are completed.
+        "bare": 'platform: "torch_export"\ninstance_group [ { count: 2 kind: KIND_CPU } ]\n',
+        # Its max_batch_size and its input names stay; the outputs are completed.
+        "named": 'platform: "torch_export"\nmax_batch_size: 4\ninput [\n'
+        '  { name: "x" data_type: TYPE_FP32 dims: [ 4 ] },\n'
+        '  { name: "y" data_type: TYPE_INT64 dims: [ 3 ] }\n]\n',
+    }
+    for name, text in written.items():
+        copy_model(exported_models, EP_MODEL, tmp_path, name)
+        (tmp_path / name / "config.pbtxt").write_text(f'name: "{name}"\n{text}')
+    with running_server(tmp_path) as server:
+        client = triton.InferenceServerClient(server.target)
+        try:
+            configs = {name: client.get_model_config(name, as_json=True)["config"] for name in written}
+        finally:
+            client.close()
+        with Client(server.target, timeout=60) as ours:
+            feed = inputs(4)
+            want = eager(feed)
+            bare = ours.predict("bare", feed)
+            named = ours.predict("named", {"x": feed["INPUT__0"], "y": feed["INPUT__1"]})
+    for got in (bare, named):
+        np.testing.assert_allclose(got["OUTPUT__0"], want[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got["OUTPUT__1"], want[1])
+    bare_config, named_config = configs["bare"], configs["named"]
+    assert bare_config["max_batch_size"] == MAX_BATCH and "dynamic_batching" in bare_config
+    assert bare_config["instance_group"][0]["count"] == 2
+    assert [(t["name"], t["dims"]) for t in bare_config["input"]] == [
+        ("INPUT__0", ["4"]),
+        ("INPUT__1", ["3"]),
+    ]
+    assert named_config["max_batch_size"] == 4 and "dynamic_batching" not in named_config
+    assert [t["name"] for t in named_config["input"]] == ["x", "y"]
+    assert [(t["name"], t["data_type"], t["dims"]) for t in named_config["output"]] == [
+        ("OUTPUT__0", "TYPE_FP32", ["3"]),
+        ("OUTPUT__1", "TYPE_INT64", ["3"]),
+    ]
+
+
 @pytest.mark.parametrize("model", [AOTI_MODEL, EP_MODEL])
 def test_concurrent_callers_are_batched(repository: Path, model: str) -> None:
     failures: list[BaseException] = []
