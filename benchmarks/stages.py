@@ -34,14 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bundled import BARE_OUTPUTS, INPUTS, OUTPUTS, request  # this folder's: run as a script
 
 from torchwire.bench import processes
 from torchwire.bench.loadgen import WorkerPool
-from torchwire.bench.protocol import OutputSpec
-from torchwire.client._proto import grpc_service_pb2 as pb
 
-INPUTS = {"mlp": (64,), "cnn": (3, 64, 64)}
-OUTPUTS = [OutputSpec("OUTPUT__0", "FP32", (1, 10))]
 STAGES = ("decode", "hand-off", "forward", "hand-back", "encode", "in server")
 
 
@@ -122,14 +119,6 @@ def server(out: Path) -> Iterator[str]:
             processes.stop(proc)
 
 
-def request(model: str) -> bytes:
-    message = pb.ModelInferRequest(model_name=model)
-    message.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, *INPUTS[model]])
-    data = np.random.default_rng(0).random((1, *INPUTS[model]), dtype=np.float32)
-    message.raw_input_contents.append(data.tobytes())
-    return message.SerializeToString()
-
-
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--serve":
         serve_with_timers(Path(sys.argv[2]), sys.argv[3:])
@@ -143,13 +132,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "stages.json"
         with server(out) as target, WorkerPool(1) as pool:
-            pool.connect(
-                "torchwire", target, request(options.model), [OutputSpec("OUTPUT__0", "FP32", (1, 10))], False
-            )
+            pool.connect("torchwire", target, request(options.model), OUTPUTS, False)
             pool.start("torchwire", 1, time.monotonic() + 0.2, 2.0, options.duration)
             sample = pool.collect()
         samples = json.loads(out.read_text())
-        with processes.bare_server(["OUTPUT__0:FP32:-1,10"], aio=True) as bare, WorkerPool(1) as pool:
+        with processes.bare_server(BARE_OUTPUTS, aio=True) as bare, WorkerPool(1) as pool:
             pool.connect("bare", bare, request(options.model), OUTPUTS, False)
             pool.start("bare", 1, time.monotonic() + 0.2, 2.0, options.duration)
             bare_sample = pool.collect()

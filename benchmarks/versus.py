@@ -8,8 +8,8 @@ window per server per round, the order rotated each round so that no server alwa
 Prints each server's median over the rounds: requests/s, p50 and p99, and the server's CPU per
 request from /proc (torchwire and KServe; the bare servers are a ceiling, not a contender).
 
-    benchmarks/kserve/setup.sh          # prints the KServe venv's python (optional)
-    benchmarks/mlserver/setup.sh        # prints the MLServer venv's python (optional)
+    benchmarks/contender_venv.sh kserve     # prints the KServe venv's python (optional)
+    benchmarks/contender_venv.sh mlserver   # prints the MLServer venv's python (optional)
     .venv/bin/python benchmarks/versus.py --model cnn --concurrency 1,64 \
         --kserve-python benchmarks/kserve/.venv/bin/python \
         --mlserver-python benchmarks/mlserver/.venv/bin/python
@@ -29,16 +29,15 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from bundled import BARE_OUTPUTS, INPUTS, OUTPUTS, request  # this folder's: run as a script
 
 from torchwire.bench import processes
 from torchwire.bench.loadgen import WorkerPool
-from torchwire.bench.protocol import OutputSpec
 from torchwire.client._proto import grpc_service_pb2 as pb
 from torchwire.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parent / "models"
-INPUTS = {"mlp": (64,), "cnn": (3, 64, 64)}  # the bundled models' input dims, batch dimension left out
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +72,7 @@ def wait_ready(target: str, model: str, timeout: float, proc: subprocess.Popen[b
 @contextlib.contextmanager
 def contender(server: str, python: str, model: str, *more: str) -> Iterator[Server]:
     """KServe or MLServer serving `model` from the bundled repository, started with `python` (a venv
-    with that server: benchmarks/<server>/setup.sh) on free ports; always stopped."""
+    with that server: benchmarks/contender_venv.sh) on free ports; always stopped."""
     grpc_port, http_port = processes.free_port(), processes.free_port()
     command = [python, str(HERE / server / "server.py"), "--model", model, "--repository", str(MODELS)]
     if server == "kserve":  # KServe's own flag names
@@ -89,14 +88,6 @@ def contender(server: str, python: str, model: str, *more: str) -> Iterator[Serv
         processes.stop(proc)
 
 
-def request(model: str) -> bytes:
-    message = pb.ModelInferRequest(model_name=model)
-    message.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, *INPUTS[model]])
-    data = np.random.default_rng(0).random((1, *INPUTS[model]), dtype=np.float32)
-    message.raw_input_contents.append(data.tobytes())
-    return message.SerializeToString()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,12 +98,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per window")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each window")
     parser.add_argument("--workers", type=int, default=1, help="load generator processes")
-    parser.add_argument("--kserve-python", help="a python with kserve (benchmarks/kserve/setup.sh)")
-    parser.add_argument("--mlserver-python", help="a python with mlserver (benchmarks/mlserver/setup.sh)")
+    parser.add_argument("--kserve-python", help="a python with kserve (contender_venv.sh kserve)")
+    parser.add_argument("--mlserver-python", help="a python with mlserver (contender_venv.sh mlserver)")
     parser.add_argument("--torch-threads", type=int, help="passed to torchwire serve")
     options = parser.parse_args()
 
-    outputs = (OutputSpec("OUTPUT__0", "FP32", (1, 10)),)
     cells: dict[tuple[int, str], Cell] = {}
     with contextlib.ExitStack() as stack:
         spawned = stack.enter_context(
@@ -127,11 +117,11 @@ def main() -> None:
                     contender("mlserver", options.mlserver_python, options.model, *more)
                 )
         for name, aio in (("bare sync", False), ("bare aio", True)):
-            bare = stack.enter_context(processes.bare_server(["OUTPUT__0:FP32:-1,10"], aio=aio))
+            bare = stack.enter_context(processes.bare_server(BARE_OUTPUTS, aio=aio))
             servers[name] = Server(bare, None)
         pool = stack.enter_context(WorkerPool(options.workers))
         for name, server in servers.items():
-            pool.connect(name, server.target, request(options.model), outputs, streaming=False)
+            pool.connect(name, server.target, request(options.model), OUTPUTS, streaming=False)
         names = list(servers)
         for concurrency in map(int, options.concurrency.split(",")):
             for round_ in range(options.rounds):

@@ -26,21 +26,10 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-import numpy as np
-
-from torchwire.client._proto import grpc_service_pb2 as pb
+from bundled import request  # this folder's: run as a script
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def request_bytes(model: str) -> bytes:
-    shapes = {"mlp": ("INPUT__0", (1, 64)), "cnn": ("INPUT__0", (1, 3, 64, 64))}
-    name, shape = shapes[model]
-    request = pb.ModelInferRequest(model_name=model)
-    request.inputs.add(name=name, datatype="FP32", shape=shape)
-    request.raw_input_contents.append(np.random.rand(*shape).astype(np.float32).tobytes())
-    return request.SerializeToString()
 
 
 async def _drive(
@@ -112,7 +101,7 @@ def rss(metrics_port: int) -> list[float]:
 def measure(options: argparse.Namespace, workers: int) -> dict[str, float | list[float]]:
     process, target, metrics_port, pids = serve(workers, options.model)
     try:
-        payload = request_bytes(options.model)
+        payload = request(options.model)
         per = options.concurrency // options.processes
         connections = max(1, options.connections // options.processes)
         context = multiprocessing.get_context("spawn")

@@ -1,7 +1,7 @@
 """KServe's Python model server serving one of torchwire's bundled TorchScript models over v2 gRPC,
 as a KServe user would write it: a `kserve.Model` whose synchronous `predict` KServe calls on its
 event loop. For side-by-side benchmarks only (`benchmarks/versus.py`); it runs in a venv of its own
-(`benchmarks/kserve/setup.sh`), never in torchwire's.
+(`benchmarks/contender_venv.sh kserve`), never in torchwire's.
 
     python server.py --model mlp --repository models --grpc_port 8081 --http_port 8080
 """

@@ -1,6 +1,6 @@
 """MLServer serving one of torchwire's bundled TorchScript models over v2 gRPC (runtime.py), with
 `--batching`: adaptive batching at torchwire's settings (up to 32 rows, 1 ms). For side-by-side
-benchmarks only (benchmarks/versus.py); it runs in a venv of its own (benchmarks/mlserver/setup.sh).
+benchmarks only (benchmarks/versus.py); it runs in a venv of its own (benchmarks/contender_venv.sh mlserver).
 
     python server.py --model mlp --grpc-port 8081 --http-port 8080 [--batching] [--parallel-workers N]
 """
