@@ -145,10 +145,11 @@ def main() -> None:
     rate = len(sample.latencies_ns) / options.duration
     print(f"{options.model}, one caller: {rate:,.0f} requests/s, client p50 {client_p50:,.0f} µs")
     print(f"bare grpc.aio server, same caller: client p50 {bare_p50:,.0f} µs (gRPC, client and transport)")
-    print("| stage | p50 µs | mean µs |\n|---|---:|---:|")
-    for stage in STAGES:
+    print("| stage | requests | p50 µs | mean µs |\n|---|---:|---:|---:|")
+    for stage in STAGES:  # hand-off, forward and hand-back: only the requests not run on the loop
         values = samples[stage][len(samples[stage]) // 5 :] or [0]  # the warmup's fifth left out
-        print(f"| {stage} | {statistics.median(values) / 1e3:,.0f} | {statistics.fmean(values) / 1e3:,.0f} |")
+        median, mean = statistics.median(values) / 1e3, statistics.fmean(values) / 1e3
+        print(f"| {stage} | {len(samples[stage]):,} | {median:,.0f} | {mean:,.0f} |")
     hot, paced = in_process(options.model, client_p50 / 1e6)
     print(
         f"the same forward pass in-process: {hot:,.0f} µs back to back, "

@@ -66,6 +66,7 @@ class App:
             settings.torch_threads,
             max(1, default_threads() // share),
             require_all=settings.readiness == "all",
+            inline_us=settings.inline_forward_us,
         )
         self.registry.on_change = self._update_health
         explicit = settings.model_control_mode == "explicit"

@@ -65,6 +65,12 @@ class Settings:
         "torch intra-op threads per model instance (0: the cores this process may use, shared "
         "among a model's instances; a model's INTRA_OP_THREAD_COUNT parameter overrides)",
     )
+    inline_forward_us: int = _opt(
+        0,
+        "opt in: a lone one-row request runs its forward pass on the event loop when that pass took "
+        "under this many µs at load (and under twice it since), saving two thread hand-offs; one pass "
+        "over ten times it turns this off for the model (0: never; see README Performance)",
+    )
     reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl)")
     tls_cert: Path | None = _opt(None, "PEM server certificate (chain): serve TLS instead of plaintext")
     tls_key: Path | None = _opt(None, "PEM private key of --tls-cert")
@@ -128,6 +134,8 @@ class Settings:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads must be >= 0, got {self.torch_threads}")
+        if self.inline_forward_us < 0:
+            raise ValueError(f"inline_forward_us must be >= 0, got {self.inline_forward_us}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
         if self.repository_poll_secs <= 0:

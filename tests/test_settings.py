@@ -40,6 +40,7 @@ def test_a_bad_variable_names_itself() -> None:
         ({"tls_cert": Path("/nonexistent.pem")}, "tls_cert and tls_key go together"),
         ({"http_port": 70000}, "http_port must be -1..65535, got 70000"),
         ({"access_log_sample": 2.0}, "access_log_sample must be within 0..1, got 2.0"),
+        ({"inline_forward_us": -1}, "inline_forward_us must be >= 0, got -1"),
         (
             {"trace_exporter": "otlp"},
             "trace_exporter otlp needs trace on (--trace, TORCHWIRE_TRACE=1): without it no span is "

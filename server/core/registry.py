@@ -82,8 +82,11 @@ def _file_stamp(path: Path) -> tuple[object, ...]:
 
 
 class Registry:
-    def __init__(self, root: Path, threads: int, cores: int, *, require_all: bool = True) -> None:
+    def __init__(
+        self, root: Path, threads: int, cores: int, *, require_all: bool = True, inline_us: int = 0
+    ) -> None:
         self.root = root
+        self._inline_us = inline_us  # 0: never inline (runtime/inline.py)
         self._threads = threads  # 0: share the cores among each model's instances
         self._cores = cores
         self._require_all = require_all
@@ -241,7 +244,7 @@ class Registry:
         entry.states[version] = (State.LOADING, "")
         threads = spec.threads_per_instance(self._threads, self._cores)
         try:
-            model = await asyncio.to_thread(load_model, path, spec, threads)
+            model = await asyncio.to_thread(load_model, path, spec, threads, self._inline_us)
         except ConfigError as exc:
             log.error("model %s version %d failed to load: %s", entry.name, version, exc)
             entry.load_failures += 1
@@ -258,16 +261,22 @@ class Registry:
             policy=spec.batching,
             instances=spec.instances,
             stats=stats,
+            inline=model,
         )
         entry.states[version] = (State.READY, "")
+        rule = model.inline_rule
         log.info(
-            "model %s version %d ready (%s; %d instance(s) x %d thread(s)%s)",
+            "model %s version %d ready (%s; %d instance(s) x %d thread(s)%s%s)",
             entry.name,
             version,
             path,
             spec.instances,
             threads,
             "; optimized for inference" if spec.optimize else "",
+            f"; one-row forward pass {rule.warm_ns / 1e3:.0f} µs: "
+            + ("a lone request runs on the event loop" if rule.allowed else "always on instance threads")
+            if rule is not None and rule.warm_ns is not None
+            else "",
         )
         return ServedVersion(entry.name, version, spec, model, scheduler, stats, fingerprint)
 

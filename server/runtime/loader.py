@@ -14,7 +14,7 @@ from .exported import load_exported, read_signature
 from .model import Forward, LoadedModel
 from .signature import completed_config, completed_from
 from .torchscript import load_torchscript
-from .warmup import warmup_batches
+from .warmup import probe_batch, warmup_batches
 
 TORCHSCRIPT = "pytorch_libtorch"
 EXPORTED_FILE = "model.pt2"
@@ -29,7 +29,7 @@ def load_forward(path: Path, spec: ModelSpec) -> Forward:
     return load_exported(path, spec)
 
 
-def load_model(path: Path, spec: ModelSpec, threads: int) -> LoadedModel:
+def load_model(path: Path, spec: ModelSpec, threads: int, inline_us: int = 0) -> LoadedModel:
     """Blocking: load the model file (load_forward), then start its instance threads, each of which
     runs the warmup batches on itself before serving; returns once all are warm."""
     forward = load_forward(path, spec)
@@ -37,7 +37,8 @@ def load_model(path: Path, spec: ModelSpec, threads: int) -> LoadedModel:
         batches = warmup_batches(spec)
     except ConfigError as exc:
         raise ConfigError(f"{path}: warmup failed: {exc}") from exc
-    model = LoadedModel(forward, spec, threads, batches)
+    probe = probe_batch(spec) if inline_us > 0 else None
+    model = LoadedModel(forward, spec, threads, batches, probe, inline_us * 1000)
     try:
         model.wait_warm()
     except (ModelExecutionError, ConfigError) as exc:

@@ -6,7 +6,9 @@ list of tensors reaches their forward pass (loader.py); everything around that i
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -20,6 +22,7 @@ from torchwire.client import _codec
 from ..core.errors import ModelExecutionError
 from ..repository import ModelSpec, TensorSpec
 from ..repository.config import SUPPORTED
+from .inline import PROBES, TRIP, InlineRule
 from .instances import Instances
 
 Array = npt.NDArray[Any]
@@ -28,6 +31,8 @@ Input = torch.Tensor | list[str]
 # A model's forward pass as the runtime calls it: inputs in config order, whatever the model returns
 # (a tensor or a List[str], or a tuple or list of them).
 Forward = Callable[[list[Input]], Any]
+
+log = logging.getLogger("torchwire.runtime")
 
 # Derived from the client's table: the torch dtype of each datatype a model may use is that of its
 # raw bytes, except BF16, whose raw form is its uint16 bit pattern (BYTES is a List[str], no tensor).
@@ -82,12 +87,17 @@ class LoadedModel:
         spec: ModelSpec,
         threads: int,
         warmup: Sequence[Sequence[Array]] = (),
+        probe: Sequence[Array] | None = None,
+        inline_bound_ns: int = 0,
     ) -> None:
-        """Starts the instance threads; each runs the `warmup` batches before it takes work."""
+        """Starts the instance threads; each runs the `warmup` batches before it takes work, then
+        times `probe` (one row) for the inline rule; without a probe nothing runs inline."""
         self.spec = spec
         self._forward = forward
         self._batched = spec.max_batch_size > 0
         self._warmup = warmup
+        self._probe = probe
+        self.inline_rule = InlineRule(inline_bound_ns) if probe is not None and inline_bound_ns else None
         self._instances: Instances[Sequence[Array], list[Array]] = Instances(
             self.forward,
             count=spec.instances,
@@ -98,7 +108,22 @@ class LoadedModel:
 
     def _warm(self) -> None:
         for batch in self._warmup:
-            self.forward(batch)
+            self.forward(batch, timed=False)
+        if self._probe is None or self.inline_rule is None:
+            return
+        samples: list[int] = []
+        for _ in range(PROBES):
+            start = time.perf_counter_ns()
+            self.forward(self._probe, timed=False)
+            samples.append(time.perf_counter_ns() - start)
+            if len(samples) >= 3 and min(samples) > 10 * self.inline_rule.bound_ns:
+                break  # far too long to ever run inline: no need to time it again
+        self.inline_rule.warmed(samples)
+
+    def inline(self, rows: int) -> bool:
+        """Whether a lone request of `rows` may run on the calling (event loop) thread: one row, and a
+        forward pass measured short at load and since (runtime/inline.py)."""
+        return rows == 1 and self.inline_rule is not None and self.inline_rule.allowed
 
     def wait_warm(self) -> None:
         """Blocking: until every instance thread has run the warmup (its first error raised)."""
@@ -108,15 +133,27 @@ class LoadedModel:
         """The model's outputs (config order) for inputs in config order; runs in an instance thread."""
         return self._instances.submit(inputs)
 
-    def forward(self, inputs: Sequence[Array]) -> list[Array]:
+    def forward(self, inputs: Sequence[Array], *, timed: bool = True) -> list[Array]:
+        """Blocking: the outputs for one batch, on the calling thread. One-row passes are timed for the
+        inline rule, except `timed` False ones (warmup)."""
         spec = self.spec
         rows = inputs[0].shape[0] if self._batched else None
         tensors = [to_tensor(a, t, rows) for a, t in zip(inputs, spec.inputs, strict=True)]
+        rule = self.inline_rule if timed and (rows or 1) == 1 else None
+        start = time.perf_counter_ns() if rule is not None else 0
         try:
             with torch.inference_mode():
                 result = self._forward(tensors)
         except Exception as exc:  # the model's own failure: report its message, not ours
             raise ModelExecutionError(f"model '{spec.name}' failed in forward(): {first_line(exc)}") from exc
+        if rule is not None and rule.record(elapsed := time.perf_counter_ns() - start):
+            log.warning(
+                "model %s: a one-row forward pass took %.0f µs, over %d times --inline-forward-us: its lone "
+                "requests run on the instance threads from now on",
+                spec.name,
+                elapsed / 1e3,
+                TRIP,
+            )
         return self._check_outputs(result, rows)
 
     def _check_outputs(self, result: Any, rows: int | None) -> list[Array]:

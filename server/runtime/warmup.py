@@ -55,6 +55,14 @@ def warmup_batches(spec: ModelSpec) -> list[list[Array]]:
     ]
 
 
+def probe_batch(spec: ModelSpec) -> list[Array] | None:
+    """One row of zeros per input, to time the forward pass at load (runtime/inline.py); None when a
+    row count does not tell a pass's cost: a variable dimension or a BYTES input."""
+    if any(t.row_elements is None or t.datatype == "BYTES" for t in spec.inputs):
+        return None
+    return [_array(t.datatype, _rows(spec, 1) + t.dims, False, np.random.default_rng(0)) for t in spec.inputs]
+
+
 def _sample_batches(spec: ModelSpec, sample: WarmupSample, rng: np.random.Generator) -> list[list[Array]]:
     batch: list[Array] = []
     for t in spec.inputs:

@@ -6,6 +6,7 @@ Each request is one row whose value names it, so a batch reads as the list of re
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -102,6 +103,47 @@ async def test_a_lone_request_runs_alone_and_gets_its_outputs() -> None:
     assert completed.outputs[0].tolist() == [[6.0]]
     assert model.batches == [[3.0]]
     assert completed.queued_ns <= completed.started_ns <= completed.finished_ns
+    await sched.close()
+
+
+class InlineModel(FakeModel):
+    """A FakeModel that says its one-row passes are short: run on the event loop when alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inline_threads: list[str] = []
+
+    def inline(self, rows: int) -> bool:
+        return rows == 1
+
+    def forward(self, inputs: Sequence[Array]) -> list[Array]:
+        self.inline_threads.append(threading.current_thread().name)
+        return [inputs[0] * 2]
+
+
+async def test_a_lone_short_request_runs_on_the_event_loop_and_a_queued_one_does_not() -> None:
+    model = InlineModel()
+    sched = Scheduler(
+        model.run,
+        name="fake",
+        max_batch_size=8,
+        policy=None,
+        instances=1,
+        stats=ModelStatistics(),
+        inline=model,
+    )
+    lone = await sched.submit(row(3), 1)
+    assert lone.outputs[0].tolist() == [[6.0]]
+    assert model.inline_threads == [threading.current_thread().name] and model.batches == []
+    model.hold.clear()  # two rows are not measured short: they go to the instance, which stays busy
+    busy = asyncio.ensure_future(sched.submit([np.array([[1.0], [2.0]], np.float32)], 2))
+    await until(lambda: model.batches == [[1.0, 2.0]], "the instance is busy")
+    queued = asyncio.ensure_future(sched.submit(row(5), 1))  # not alone now: it queues
+    await until(lambda: sched.queued == 1, "the request queues")
+    model.hold.set()
+    assert (await busy).outputs[0].tolist() == [[2.0], [4.0]]
+    assert (await queued).outputs[0].tolist() == [[10.0]]
+    assert len(model.inline_threads) == 1 and model.batches == [[1.0, 2.0], [5.0]]
     await sched.close()
 
 

@@ -67,6 +67,7 @@ SERVE_RUNS: dict[str, dict[str, Any]] = {
         "metrics_names": "torchwire",
         "http_port": 0,
         "max_string_bytes": 4096,
+        "inline_forward_us": 50,
         "trace": True,
         "trace_exporter": "none",
         "log_format": "json",
