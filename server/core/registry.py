@@ -264,7 +264,6 @@ class Registry:
             inline=model,
         )
         entry.states[version] = (State.READY, "")
-        rule = model.inline_rule
         log.info(
             "model %s version %d ready (%s; %d instance(s) x %d thread(s)%s%s)",
             entry.name,
@@ -273,10 +272,7 @@ class Registry:
             spec.instances,
             threads,
             "; optimized for inference" if spec.optimize else "",
-            f"; one-row forward pass {rule.warm_ns / 1e3:.0f} µs: "
-            + ("a lone request runs on the event loop" if rule.allowed else "always on instance threads")
-            if rule is not None and rule.warm_ns is not None
-            else "",
+            f"; {model.inline_rule.summary()}" if model.inline_rule is not None else "",
         )
         return ServedVersion(entry.name, version, spec, model, scheduler, stats, fingerprint)
 

@@ -10,13 +10,13 @@ from ..core.errors import ConfigError, ModelExecutionError
 from ..repository import ModelSpec, read_config
 from ..repository.config import CONFIG_FILE
 from ..repository.scanner import versions_of
+from .archives import TORCHSCRIPT
 from .exported import load_exported, read_signature
 from .model import Forward, LoadedModel
 from .signature import completed_config, completed_from
 from .torchscript import load_torchscript
 from .warmup import probe_batch, warmup_batches
 
-TORCHSCRIPT = "pytorch_libtorch"
 EXPORTED_FILE = "model.pt2"
 
 

@@ -116,7 +116,7 @@ class LoadedModel:
             start = time.perf_counter_ns()
             self.forward(self._probe, timed=False)
             samples.append(time.perf_counter_ns() - start)
-            if len(samples) >= 3 and min(samples) > 10 * self.inline_rule.bound_ns:
+            if len(samples) >= 3 and min(samples) > TRIP * self.inline_rule.bound_ns:
                 break  # far too long to ever run inline: no need to time it again
         self.inline_rule.warmed(samples)
 

@@ -64,28 +64,27 @@ class Peers:
         self, method: str, request: Any, *, timeout: float, wait_for_ready: bool
     ) -> list[tuple[Path, Any]]:
         """`method` on every peer at once: (socket, response or the grpc.aio.AioRpcError) per peer."""
-
-        async def one(stub: Any) -> Any:
-            try:
-                return await getattr(stub, method)(request, timeout=timeout, wait_for_ready=wait_for_ready)
-            except grpc.aio.AioRpcError as exc:
-                return exc
-
         peers = self._all()
-        answers = await asyncio.gather(*(one(stub) for _, stub in peers))
+        answers = await asyncio.gather(
+            *(_ask(stub, method, request, timeout, wait_for_ready) for _, stub in peers)
+        )
         return [(path, answer) for (path, _), answer in zip(peers, answers, strict=True)]
 
     async def call_one(self, path: Path, method: str, request: Any, *, timeout: float) -> Any:
         """`method` on the peer at `path`: its response, or the grpc.aio.AioRpcError."""
         (stub,) = [stub for at, stub in self._all() if at == path]
-        try:
-            return await getattr(stub, method)(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            return exc
+        return await _ask(stub, method, request, timeout, wait_for_ready=False)
 
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close(None)
+
+
+async def _ask(stub: Any, method: str, request: Any, timeout: float, wait_for_ready: bool) -> Any:
+    try:
+        return await getattr(stub, method)(request, timeout=timeout, wait_for_ready=wait_for_ready)
+    except grpc.aio.AioRpcError as exc:
+        return exc
 
 
 class ClusterCore(InferenceCore):
